@@ -1,0 +1,91 @@
+// Channels-last im2col / col2im for 2-D convolution.
+//
+// A column matrix has one row per output pixel r = (b, oh, ow) and one column per
+// kernel tap k = (i, j, c) of one group, c fastest:
+//   cols[r, (i, j, c)] = x[b, oh*sh - pt + i*dh, ow*sw - pl + j*dw, g*Cg + c]   (0 outside x)
+// With x in NHWC, each (i, j) tap is a contiguous run of Cg channels.
+#pragma once
+
+#include "common.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace manual_ops {
+
+struct ConvGeometry {
+  int64_t N, C, H, W;     // input
+  int64_t Cout, kh, kw;   // weight (Cout, C/groups, kh, kw)
+  int64_t OH, OW;         // output
+  int64_t sh, sw;         // stride
+  int64_t pt, pl, pb, pr; // padding: top, left, bottom, right
+  int64_t dh, dw;         // dilation
+  int64_t groups;
+
+  int64_t Cg() const { return C / groups; }
+  int64_t Coutg() const { return Cout / groups; }
+  int64_t L() const { return OH * OW; }
+  int64_t K() const { return kh * kw * Cg(); }  // GEMM reduction length of one group
+  // A 1x1, stride-1, unpadded conv needs no im2col: the NHWC input is the column matrix.
+  bool pointwise() const {
+    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && pb == 0 && pr == 0;
+  }
+};
+
+// cols[r, :] for the rows r of samples [b0, b0 + nb), group g.
+template <typename scalar_t>
+void im2col_nhwc(const scalar_t* x, const ConvGeometry& G, int64_t b0, int64_t nb, int64_t g, scalar_t* cols) {
+  const int64_t L = G.L(), K = G.K(), Cg = G.Cg();
+  const int64_t grain = std::max<int64_t>(1, 4096 / std::max<int64_t>(K, 1));
+  at::parallel_for(0, nb * L, grain, [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int64_t b = b0 + r / L, oh = (r % L) / G.OW, ow = r % G.OW;
+      scalar_t* dst = cols + r * K;
+      for (int64_t i = 0; i < G.kh; ++i) {
+        const int64_t ih = oh * G.sh - G.pt + i * G.dh;
+        for (int64_t j = 0; j < G.kw; ++j, dst += Cg) {
+          const int64_t iw = ow * G.sw - G.pl + j * G.dw;
+          if (ih < 0 || ih >= G.H || iw < 0 || iw >= G.W) {
+            std::fill_n(dst, Cg, scalar_t(0));
+          } else {
+            std::memcpy(dst, x + ((b * G.H + ih) * G.W + iw) * G.C + g * Cg, Cg * sizeof(scalar_t));
+          }
+        }
+      }
+    }
+  });
+}
+
+// The adjoint of im2col, as a gather so that threads never write the same element:
+//   dx[b, ih, iw, g*Cg + c] = sum over (oh, i, ow, j) with oh*sh - pt + i*dh = ih and
+//                             ow*sw - pl + j*dw = iw of dcols[(b, oh, ow), (i, j, c)].
+// Input rows/columns that no window reaches (the "lost" rows when stride does not
+// divide H + pt + pb - dh*(kh-1) - 1) get zero.
+template <typename scalar_t>
+void col2im_nhwc(const scalar_t* dcols, const ConvGeometry& G, int64_t b0, int64_t nb, int64_t g, scalar_t* dx) {
+  const int64_t L = G.L(), K = G.K(), Cg = G.Cg();
+  at::parallel_for(0, nb * G.H, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = b0 + t / G.H, ih = t % G.H;
+      scalar_t* row = dx + (b * G.H + ih) * G.W * G.C + g * Cg;
+      for (int64_t iw = 0; iw < G.W; ++iw) std::fill_n(row + iw * G.C, Cg, scalar_t(0));
+      for (int64_t i = 0; i < G.kh; ++i) {
+        const int64_t ohs = ih + G.pt - i * G.dh;  // = oh * sh
+        if (ohs < 0 || ohs % G.sh != 0 || ohs / G.sh >= G.OH) continue;
+        const scalar_t* src_row = dcols + ((b - b0) * L + (ohs / G.sh) * G.OW) * K + i * G.kw * Cg;
+        for (int64_t ow = 0; ow < G.OW; ++ow) {
+          const scalar_t* src = src_row + ow * K;
+          for (int64_t j = 0; j < G.kw; ++j) {
+            const int64_t iw = ow * G.sw - G.pl + j * G.dw;
+            if (iw < 0 || iw >= G.W) continue;
+            scalar_t* d = row + iw * G.C;
+            const scalar_t* s = src + j * Cg;
+            for (int64_t c = 0; c < Cg; ++c) d[c] += s[c];
+          }
+        }
+      }
+    }
+  });
+}
+
+}  // namespace manual_ops

@@ -1,0 +1,26 @@
+"""Argument normalisation shared by the functional ops and modules."""
+import torch
+
+
+def is_channels_last(t: torch.Tensor) -> bool:
+    """Mirrors ``is_channels_last`` in csrc/common.h, which picks the layout of outputs."""
+    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def pair(value, name: str, op: str = "convolution") -> tuple[int, int]:
+    """An int or a sequence of 1 or 2 ints, as a 2-tuple, with torch's message otherwise."""
+    if isinstance(value, int):
+        return (value, value)
+    values = list(value)
+    if len(values) == 1:
+        values = values * 2
+    if len(values) != 2 or not all(isinstance(v, int) for v in values):
+        raise RuntimeError(
+            f"expected {name} to be a single integer value or a list of 2 values to match the "
+            f"{op} dimensions, but got {name}={list(value)}"
+        )
+    return tuple(values)

@@ -1,0 +1,1 @@
+"""One module per layer family; manual_ops.nn re-exports them."""

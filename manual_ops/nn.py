@@ -1,0 +1,4 @@
+"""Modules with hand-written backward passes; names, arguments and state_dicts follow torch.nn."""
+from .modules.conv import Conv2d
+
+__all__ = ["Conv2d"]

@@ -1,0 +1,1 @@
+"""One module per op family: fake kernels, the autograd.Function, the functional wrapper."""

@@ -1,0 +1,103 @@
+"""conv2d: the autograd wiring around ``manual_ops::conv2d_forward`` / ``conv2d_backward``."""
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._utils import memory_format_of, pair
+
+_ops = torch.ops.manual_ops
+
+
+def _output_hw(input, weight, stride, padding, dilation):
+    (kh, kw), (H, W) = weight.shape[2:], input.shape[2:]
+    oh = (H + padding[0] + padding[2] - dilation[0] * (kh - 1) - 1) // stride[0] + 1
+    ow = (W + padding[1] + padding[3] - dilation[1] * (kw - 1) - 1) // stride[1] + 1
+    return oh, ow
+
+
+@torch.library.register_fake("manual_ops::conv2d_forward")
+def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups):
+    torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "conv2d: expected 4-D input and weight")
+    oh, ow = _output_hw(input, weight, stride, padding, dilation)
+    channels_last = memory_format_of(input) == torch.channels_last or memory_format_of(weight) == torch.channels_last
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return torch.empty((input.shape[0], weight.shape[0], oh, ow), dtype=input.dtype, device=input.device,
+                       memory_format=fmt)
+
+
+@torch.library.register_fake("manual_ops::conv2d_backward")
+def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+    grad_input = torch.empty_like(input, memory_format=memory_format_of(input)) if output_mask[0] else None
+    grad_weight = torch.empty_like(weight, memory_format=memory_format_of(weight)) if output_mask[1] else None
+    grad_bias = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+class Conv2dFunction(torch.autograd.Function):
+    """conv2d whose backward is the hand-written ``manual_ops::conv2d_backward``.
+
+    ``apply(input, weight, bias, stride, padding, dilation, groups)`` takes a 4-D input,
+    2-tuples for stride and dilation, and a 4-tuple padding (top, left, bottom, right).
+    """
+
+    @staticmethod
+    def forward(input, weight, bias, stride, padding, dilation, groups):
+        return _ops.conv2d_forward(input, weight, bias, stride, padding, dilation, groups)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _, stride, padding, dilation, groups = inputs
+        ctx.save_for_backward(input, weight)
+        ctx.conv_args = (stride, padding, dilation, groups)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        mask = list(ctx.needs_input_grad[:3])
+        grad_input, grad_weight, grad_bias = _ops.conv2d_backward(grad_output, input, weight, *ctx.conv_args, mask)
+        return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+def _padding(padding, weight, stride, dilation):
+    """Normalises conv2d's padding to (top, left, bottom, right)."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding != "same":
+            raise RuntimeError(f"Invalid padding string: '{padding}'")
+        if stride != (1, 1):
+            raise RuntimeError("padding='same' is not supported for strided convolutions")
+        if weight.dim() != 4:
+            raise RuntimeError(f"conv2d: expected a 4-D weight, but got weight of size {list(weight.shape)}")
+        # Total padding d*(k-1); as in torch, an odd total puts the extra row/column at the end.
+        total = [d * (k - 1) for d, k in zip(dilation, weight.shape[2:])]
+        return (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    ph, pw = pair(padding, "padding")
+    return (ph, pw, ph, pw)
+
+
+def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    r"""Applies a 2-D convolution, with a hand-written backward. Same as :func:`torch.nn.functional.conv2d`.
+
+    Args:
+        input: input tensor of shape :math:`(N, C_{in}, H, W)` or :math:`(C_{in}, H, W)`.
+        weight: filters of shape :math:`(C_{out}, C_{in}/groups, kH, kW)`.
+        bias: optional bias of shape :math:`(C_{out})`. Default: ``None``.
+        stride: int or (sH, sW). Default: 1.
+        padding: int, (pH, pW), ``'valid'`` or ``'same'``. Default: 0.
+        dilation: int or (dH, dW). Default: 1.
+        groups: number of blocked connections from input to output channels. Default: 1.
+
+    Shape:
+        - Output: :math:`(N, C_{out}, H_{out}, W_{out})` or :math:`(C_{out}, H_{out}, W_{out})`, where
+          :math:`H_{out} = \lfloor (H + 2 pH - dH (kH - 1) - 1) / sH \rfloor + 1`, likewise :math:`W_{out}`.
+    """
+    if input.dim() not in (3, 4):
+        raise RuntimeError(
+            f"Expected 3D (unbatched) or 4D (batched) input to conv2d, but got input of size: {list(input.shape)}"
+        )
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    padding = _padding(padding, weight, stride, dilation)
+    if input.dim() == 3:
+        return Conv2dFunction.apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
+    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
