@@ -2,6 +2,8 @@
 import importlib
 import os
 
+import torch  # noqa: F401  (loads libtorch, which _C links against)
+
 BUILD_HINT = "build it from the repository root with: pip install --no-build-isolation -e ."
 _CSRC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "csrc")
 

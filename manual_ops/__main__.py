@@ -1,0 +1,26 @@
+"""Command line: ``python -m manual_ops {bench,demo} ...``."""
+import argparse
+import sys
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m manual_ops", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    bench = sub.add_parser("bench", help="time ours against the built-ins, side by side")
+    bench.add_argument("families", nargs="*", help="which op families (default: all)")
+    bench.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (median reported)")
+    bench.add_argument("--warmup", type=int, default=3)
+    bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    args = parser.parse_args(argv)
+
+    if args.command == "bench":
+        from .bench import FAMILIES, run
+        unknown = [f for f in args.families if f not in FAMILIES]
+        if unknown:
+            parser.error(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
+        run(args.families, reps=args.reps, warmup=args.warmup, as_json=args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,103 @@
+"""Speed of manual_ops against torch's built-ins, measured side by side in one run.
+
+Each family module (``manual_ops.bench.<family>``) has ``cases() -> list[Case]``. Every
+case times ours and the built-in in interleaved repetitions after a warm-up, and reports
+the median of each and their ratio (ours / built-in; below 1 means we are faster).
+"""
+import importlib
+import json
+import math
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+
+# family name -> module under manual_ops.bench
+FAMILIES = {"conv": "conv"}
+
+
+@dataclass
+class Case:
+    """One benchmark: ``ours`` and ``builtin`` each run one forward+backward (or one step)."""
+
+    family: str
+    name: str
+    ours: Callable[[], object]
+    builtin: Callable[[], object]
+
+
+@dataclass
+class Result:
+    family: str
+    name: str
+    ours_ms: float
+    builtin_ms: float
+
+    @property
+    def ratio(self) -> float:
+        return self.ours_ms / self.builtin_ms
+
+
+def _time_once(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def measure(case: Case, reps: int = 15, warmup: int = 3) -> Result:
+    """Interleaves ``reps`` runs of ours and the built-in (alternating which goes first); medians in ms."""
+    for _ in range(warmup):
+        case.ours()
+        case.builtin()
+    ours, builtin = [], []
+    for i in range(reps):
+        if i % 2:
+            builtin.append(_time_once(case.builtin))
+            ours.append(_time_once(case.ours))
+        else:
+            ours.append(_time_once(case.ours))
+            builtin.append(_time_once(case.builtin))
+    return Result(case.family, case.name, 1e3 * statistics.median(ours), 1e3 * statistics.median(builtin))
+
+
+def geomean(values) -> float:
+    values = list(values)
+    return math.exp(sum(math.log(v) for v in values) / len(values))
+
+
+def format_table(results: list[Result]) -> str:
+    lines = [f"{'case':<44} {'ours ms':>10} {'built-in ms':>12} {'ratio':>7}"]
+    for family in dict.fromkeys(r.family for r in results):
+        rows = [r for r in results if r.family == family]
+        for r in rows:
+            lines.append(f"{r.family + ': ' + r.name:<44} {r.ours_ms:>10.3f} {r.builtin_ms:>12.3f} {r.ratio:>7.2f}")
+        lines.append(f"{family + ': geometric mean':<44} {'':>10} {'':>12} {geomean(r.ratio for r in rows):>7.2f}")
+    return "\n".join(lines)
+
+
+def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, log=print) -> list[Result]:
+    """Runs the named families (all by default) and prints a table, or JSON with ``as_json``."""
+    torch.set_flush_denormal(True)
+    families = list(families or FAMILIES)
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown:
+        raise ValueError(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
+    results = []
+    for family in families:
+        module = importlib.import_module(f"{__name__}.{FAMILIES[family]}")
+        for case in module.cases():
+            results.append(measure(case, reps=reps, warmup=warmup))
+            if not as_json:
+                r = results[-1]
+                log(f"  {r.family}: {r.name}: ours {r.ours_ms:.3f} ms, built-in {r.builtin_ms:.3f} ms, ratio {r.ratio:.2f}")
+    if as_json:
+        log(json.dumps({
+            "torch": torch.__version__, "threads": torch.get_num_threads(), "statistic": "median",
+            "results": [dict(r.__dict__, ratio=r.ratio) for r in results],
+            "geomean": {f: geomean(r.ratio for r in results if r.family == f) for f in families},
+        }, indent=2))
+    else:
+        log(format_table(results))
+    return results
