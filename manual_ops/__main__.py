@@ -11,6 +11,7 @@ def main(argv=None) -> int:
     bench.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (median reported)")
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("demo", help="compare our gradients with the built-ins on real-sized layers")
     args = parser.parse_args(argv)
 
     if args.command == "bench":
@@ -19,6 +20,9 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
         run(args.families, reps=args.reps, warmup=args.warmup, as_json=args.json)
+    elif args.command == "demo":
+        from .demo import main as demo
+        return demo()
     return 0
 
 

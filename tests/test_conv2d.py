@@ -133,6 +133,28 @@ def test_large_batch_is_tiled():
         assert our_err <= 4 * torch_err + 1e-6
 
 
+@pytest.mark.parametrize("stride,padding,dilation,hw", [(1, 0, 1, 7), (2, 1, 1, 8), (3, 1, 2, 12), (2, 2, 2, 9)])
+def test_grad_input_is_full_correlation_of_rotated_kernel(stride, padding, dilation, hw):
+    """docs/derivations.md: dX = crop(corr(pad(zero_insert(dY)), rot180(W)^T)), rows lost to the stride = 0."""
+    x = torch.randn(2, 3, hw, hw + 1, dtype=f64, requires_grad=True)
+    w = torch.randn(4, 3, 3, 2, dtype=f64)
+    y = mF.conv2d(x, w, stride=stride, padding=padding, dilation=dilation)
+    dy = torch.randn_like(y)
+    (dx,) = torch.autograd.grad(y, x, dy)
+
+    kh, kw = w.shape[2:]
+    u = torch.zeros(2, 4, (y.shape[2] - 1) * stride + 1, (y.shape[3] - 1) * stride + 1, dtype=f64)
+    u[:, :, ::stride, ::stride] = dy  # zero insertion
+    lost_h = (hw + 2 * padding - dilation * (kh - 1) - 1) % stride
+    lost_w = (hw + 1 + 2 * padding - dilation * (kw - 1) - 1) % stride
+    eh, ew = dilation * (kh - 1), dilation * (kw - 1)
+    u = F.pad(u, (ew, ew + lost_w, eh, eh + lost_h))  # "full" padding, plus the lost rows/columns
+    w_rot = w.flip(2, 3).transpose(0, 1)  # 180-degree rotation, in/out transpose
+    dxp = mF.conv2d(u, w_rot, dilation=dilation)
+    expected = dxp[:, :, padding:padding + hw, padding:padding + hw + 1]
+    torch.testing.assert_close(dx, expected)
+
+
 def test_only_requested_grads_are_computed():
     x, w = torch.randn(2, 3, 5, 5), torch.randn(4, 3, 3, 3)
     gy = torch.randn(2, 4, 3, 3)
