@@ -15,7 +15,8 @@
 namespace manual_ops {
 namespace {
 
-constexpr int kLanes = 8;  // independent partial sums, so that row reductions vectorise
+constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
+constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
 
 std::vector<int64_t> sizes(const Tensor& t) { return t.sizes().vec(); }
 
@@ -78,67 +79,61 @@ std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t 
   return v;
 }
 
-// s1 += sum_l (p[l] - K), s2 += sum_l (p[l] - K)^2 over one contiguous row (shifted moments).
-template <typename scalar_t, typename acc_t>
-inline void add_shifted_moments(const scalar_t* p, int64_t L, acc_t K, acc_t& s1, acc_t& s2) {
-  acc_t a1[kLanes] = {}, a2[kLanes] = {};
-  int64_t l = 0;
-  for (; l + kLanes <= L; l += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      const acc_t d = acc_t(p[l + j]) - K;
-      a1[j] += d;
-      a2[j] += d * d;
-    }
-  }
-  for (; l < L; ++l) {
-    const acc_t d = acc_t(p[l]) - K;
-    a1[0] += d;
-    a2[0] += d * d;
-  }
-  for (int j = 0; j < kLanes; ++j) s1 += a1[j], s2 += a2[j];
+// Sum of the kLanes partial sums, pairwise.
+template <typename scalar_t>
+inline scalar_t lane_total(scalar_t* a) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) a[j] += a[j + w];
+  return a[0];
 }
 
-// s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu) over one contiguous row.
+// Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
+// scalar_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
+// kChunk values, each chunk's total added to the acc_t sums.
+#define MANUAL_OPS_ROW_SUMS(TERMS)                                  \
+  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {                      \
+    const int64_t l1 = std::min(L, l0 + kChunk);                    \
+    scalar_t a1[kLanes] = {}, a2[kLanes] = {};                      \
+    int64_t l = l0;                                                 \
+    for (; l + kLanes <= l1; l += kLanes)                           \
+      for (int j = 0; j < kLanes; ++j) TERMS(l + j, j);             \
+    for (int j = 0; l < l1; ++l, ++j) TERMS(l, j);                  \
+    s1 += lane_total(a1), s2 += lane_total(a2);                     \
+  }
+
+// s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
 template <typename scalar_t, typename acc_t>
-inline void add_grad_sums(const scalar_t* dy, const scalar_t* x, int64_t L, acc_t mu, acc_t& s1, acc_t& s2) {
-  acc_t a1[kLanes] = {}, a2[kLanes] = {};
-  int64_t l = 0;
-  for (; l + kLanes <= L; l += kLanes) {
-    for (int j = 0; j < kLanes; ++j) {
-      a1[j] += acc_t(dy[l + j]);
-      a2[j] += acc_t(dy[l + j]) * (acc_t(x[l + j]) - mu);
-    }
-  }
-  for (; l < L; ++l) {
-    a1[0] += acc_t(dy[l]);
-    a2[0] += acc_t(dy[l]) * (acc_t(x[l]) - mu);
-  }
-  for (int j = 0; j < kLanes; ++j) s1 += a1[j], s2 += a2[j];
+inline void add_moments_row(const scalar_t* __restrict x, int64_t L, scalar_t K, acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { const scalar_t d = x[i] - K; a1[j] += d; a2[j] += d * d; }
+  MANUAL_OPS_ROW_SUMS(TERMS)
+#undef TERMS
 }
 
-// Per-channel sums S1[c], S2[c] of row_sums over all M values of channel c, where
-// row_sums(p, q, L, c, s1, s2) adds one contiguous run. NCL: parallel over channels.
-// NLC: parallel over rows, each thread adding into its own C accumulators, then summed.
-template <typename acc_t, typename RowSums, typename RowSumsNLC>
-void channel_sums(const Geometry& g, RowSums row_sums, RowSumsNLC row_sums_nlc, std::vector<acc_t>& S1,
-                  std::vector<acc_t>& S2) {
-  const int64_t C = g.C;
-  S1.assign(C, 0), S2.assign(C, 0);
-  if (!g.nlc) {
-    at::parallel_for(0, C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, g.M())),
-                     [&](int64_t c0, int64_t c1) {
-                       for (int64_t c = c0; c < c1; ++c)
-                         for (int64_t n = 0; n < g.N; ++n) row_sums((n * C + c) * g.L, g.L, c, S1[c], S2[c]);
-                     });
-    return;
-  }
+// s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
+template <typename scalar_t, typename acc_t>
+inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, scalar_t mu,
+                         acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { a1[j] += dy[i]; a2[j] += dy[i] * (x[i] - mu); }
+  MANUAL_OPS_ROW_SUMS(TERMS)
+#undef TERMS
+}
+#undef MANUAL_OPS_ROW_SUMS
+
+// Per-channel sums S1[c], S2[c] over all M values of channel c, reading memory in order:
+// parallel over rows (NCL: N*C rows of L values, row i in channel i % C; NLC: N*L rows of
+// C values), each thread adding into its own C accumulators, which are then summed.
+// add_row(i, s1, s2) adds row i into the thread's accumulators s1[C], s2[C].
+template <typename acc_t, typename AddRow>
+void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  const int64_t C = g.C, rows = g.nlc ? g.M() : g.N * C, row_len = g.nlc ? C : g.L;
   const int64_t T = at::get_num_threads();
   std::vector<acc_t> T1(T * C, 0), T2(T * C, 0);
-  at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
+  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_len)),
                    [&](int64_t r0, int64_t r1) {
                      const int64_t t = at::get_thread_num();
-                     for (int64_t r = r0; r < r1; ++r) row_sums_nlc(r * C, T1.data() + t * C, T2.data() + t * C);
+                     for (int64_t r = r0; r < r1; ++r) add_row(r, T1.data() + t * C, T2.data() + t * C);
                    });
+  S1.assign(C, 0), S2.assign(C, 0);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t c = 0; c < C; ++c) S1[c] += T1[t * C + c], S2[c] += T2[t * C + c];
 }
@@ -244,10 +239,16 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
       std::vector<acc_t> K(C, 0), S1, S2;
       for (int64_t c = 0; c < C && M > 0; ++c) K[c] = xp[g.nlc ? c : c * g.L];
       channel_sums<acc_t>(
-          g, [&](int64_t o, int64_t L, int64_t c, acc_t& s1, acc_t& s2) { add_shifted_moments(xp + o, L, K[c], s1, s2); },
-          [&](int64_t o, acc_t* s1, acc_t* s2) {
+          g,
+          [&](int64_t r, acc_t* s1, acc_t* s2) {
+            if (!g.nlc) {
+              const int64_t c = r % C;
+              add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+              return;
+            }
+            const scalar_t* row = xp + r * C;
             for (int64_t c = 0; c < C; ++c) {
-              const acc_t d = acc_t(xp[o + c]) - K[c];
+              const acc_t d = acc_t(row[c]) - K[c];
               s1[c] += d;
               s2[c] += d * d;
             }
@@ -346,11 +347,16 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
     if (need_sums) {
       channel_sums<acc_t>(
           g,
-          [&](int64_t o, int64_t L, int64_t c, acc_t& s1, acc_t& s2) { add_grad_sums(dyp + o, xp + o, L, mean[c], s1, s2); },
-          [&](int64_t o, acc_t* s1, acc_t* s2) {
+          [&](int64_t r, acc_t* s1, acc_t* s2) {
+            if (!g.nlc) {
+              const int64_t c = r % C;
+              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+              return;
+            }
+            const scalar_t *d = dyp + r * C, *p = xp + r * C;
             for (int64_t c = 0; c < C; ++c) {
-              s1[c] += acc_t(dyp[o + c]);
-              s2[c] += acc_t(dyp[o + c]) * (acc_t(xp[o + c]) - mean[c]);
+              s1[c] += acc_t(d[c]);
+              s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
             }
           },
           sum_dy, sum_dy_xmu);
