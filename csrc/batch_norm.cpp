@@ -10,6 +10,7 @@
 
 #include <cmath>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 namespace manual_ops {
@@ -18,7 +19,7 @@ namespace {
 constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
 constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
 
-std::vector<int64_t> sizes(const Tensor& t) { return t.sizes().vec(); }
+IntArrayRef sizes(const Tensor& t) { return t.sizes(); }
 
 struct Geometry {
   int64_t N, C, L;
@@ -138,39 +139,46 @@ void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std
     for (int64_t c = 0; c < C; ++c) S1[c] += T1[t * C + c], S2[c] += T2[t * C + c];
 }
 
-// out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise, in the layout of g; v may be null
-// (out = a[c] * u + k[c]). It is the forward's y = scale*x + shift and the backward's dx.
+// out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
+// be null (that term is dropped). Forward: y = scale * (x - mu) + beta' (v = x; subtracting mu
+// first keeps the digits when |mu| >> sigma); backward: dx = a * delta + b * (x - mu) + k.
 template <typename scalar_t>
 void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<scalar_t>& a,
                         const std::vector<scalar_t>& b, const std::vector<scalar_t>& m,
                         const std::vector<scalar_t>& k, scalar_t* out) {
   const int64_t C = g.C, L = g.L;
+  // One contiguous run of n values of one channel (NCL), or one row of all channels (NLC,
+  // coefficients indexed by j); the three loops are the three combinations of terms.
+  // step is 0 (NCL: one channel's coefficients) or 1 (NLC), at compile time so the loops vectorise.
+  auto run = [&](auto step_t, int64_t o, int64_t n, const scalar_t* A, const scalar_t* B, const scalar_t* Mu,
+                 const scalar_t* K) {
+    constexpr int64_t step = decltype(step_t)::value;
+    if (u && v) {
+      for (int64_t j = 0; j < n; ++j)
+        out[o + j] = A[j * step] * u[o + j] + B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+    } else if (v) {
+      for (int64_t j = 0; j < n; ++j) out[o + j] = B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+    } else {
+      for (int64_t j = 0; j < n; ++j) out[o + j] = A[j * step] * u[o + j] + K[j * step];
+    }
+  };
+  const scalar_t zero = 0;
+  auto coeff = [&](const std::vector<scalar_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
                        for (int64_t i = i0; i < i1; ++i) {
-                         const int64_t c = i % C, o = i * L;
-                         const scalar_t ac = a[c], kc = k[c];
-                         if (v) {
-                           const scalar_t bc = b[c], mc = m[c];
-                           for (int64_t l = 0; l < L; ++l) out[o + l] = ac * u[o + l] + bc * (v[o + l] - mc) + kc;
-                         } else {
-                           for (int64_t l = 0; l < L; ++l) out[o + l] = ac * u[o + l] + kc;
-                         }
+                         const int64_t c = i % C;
+                         run(std::integral_constant<int64_t, 0>{}, i * L, L, coeff(a, c), coeff(b, c), coeff(m, c), coeff(k, c));
                        }
                      });
     return;
   }
   at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
                    [&](int64_t r0, int64_t r1) {
-                     for (int64_t r = r0; r < r1; ++r) {
-                       const int64_t o = r * C;
-                       if (v) {
-                         for (int64_t c = 0; c < C; ++c) out[o + c] = a[c] * u[o + c] + b[c] * (v[o + c] - m[c]) + k[c];
-                       } else {
-                         for (int64_t c = 0; c < C; ++c) out[o + c] = a[c] * u[o + c] + k[c];
-                       }
-                     }
+                     for (int64_t r = r0; r < r1; ++r)
+                       run(std::integral_constant<int64_t, 1>{}, r * C, C, coeff(a, 0), coeff(b, 0), coeff(m, 0),
+                           coeff(k, 0));
                    });
 }
 
@@ -266,22 +274,21 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
 
     const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
     const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
-    std::vector<scalar_t> scale(C), shift(C), unused;
+    std::vector<scalar_t> scale(C), shift(C), save_mean_v(C);
     scalar_t* mp = save_mean.mutable_data_ptr<scalar_t>();
     scalar_t* ip = save_invstd.mutable_data_ptr<scalar_t>();
     for (int64_t c = 0; c < C; ++c) {
-      mp[c] = scalar_t(mean[c]);
+      mp[c] = save_mean_v[c] = scalar_t(mean[c]);
       ip[c] = scalar_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
       acc_t b = beta[c];
       if (floor.on()) {
         const acc_t f = shift_floor<acc_t>(floor, ip[c], gamma[c]);
         if (b < f) b = f;
       }
-      const acc_t sc = gamma[c] * acc_t(ip[c]);
-      scale[c] = scalar_t(sc);
-      shift[c] = scalar_t(b - mean[c] * sc);
+      scale[c] = scalar_t(gamma[c] * acc_t(ip[c]));
+      shift[c] = scalar_t(b);
     }
-    per_channel_affine<scalar_t>(g, xp, nullptr, scale, unused, unused, shift, out.mutable_data_ptr<scalar_t>());
+    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, save_mean_v, shift, out.mutable_data_ptr<scalar_t>());
 
     if (update) {
       const acc_t m = momentum.has_value()
