@@ -1,0 +1,407 @@
+// Batch normalisation over (N, C, *) with the backward written by hand, and the
+// clamped-shift option beta' = max(beta, -k*s) (s = sigma or |gamma|) as a flag of the
+// same kernels. Derivation: docs/derivations.md, "batch_norm" and "clamped-beta batch_norm".
+//
+// The input is read as contiguous NCL (N blocks of C rows of L = prod(spatial) values)
+// or, for channels-last 4-D input and L == 1, as NLC (N*L rows of C values).
+#include "common.h"
+
+#include <ATen/AccumulateType.h>
+
+#include <cmath>
+#include <tuple>
+#include <type_traits>
+#include <vector>
+
+namespace manual_ops {
+namespace {
+
+constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
+constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
+
+IntArrayRef sizes(const Tensor& t) { return t.sizes(); }
+
+struct Geometry {
+  int64_t N, C, L;
+  bool nlc;  // memory is (N*L, C) rather than (N, C, L)
+  int64_t M() const { return N * L; }  // values per channel
+};
+
+Geometry geometry_of(const Tensor& input) {
+  const int64_t L = c10::multiply_integers(input.sizes().slice(2));
+  return {input.size(0), input.size(1), L, is_channels_last(input) || L == 1};
+}
+
+// The input in the layout the kernels read: channels-last stays channels-last.
+Tensor dense(const Tensor& t, const Tensor& like) { return t.contiguous(memory_format_of(like)); }
+
+enum class FloorScale { Sigma, Gamma };
+
+struct Floor {  // the clamped-shift option; k < 0 means plain batch norm
+  double k = -1;
+  FloorScale scale = FloorScale::Sigma;
+  bool on() const { return k >= 0; }
+};
+
+Floor floor_of(const char* op, std::optional<double> beta_floor, c10::string_view floor_scale) {
+  TORCH_CHECK_VALUE(floor_scale == "sigma" || floor_scale == "gamma", op,
+                    ": floor_scale must be 'sigma' or 'gamma', but got '", std::string(floor_scale), "'");
+  if (!beta_floor.has_value()) return {};
+  TORCH_CHECK_VALUE(*beta_floor >= 0, op, ": beta_floor must be non-negative, but got ", *beta_floor);
+  return {*beta_floor, floor_scale == "sigma" ? FloorScale::Sigma : FloorScale::Gamma};
+}
+
+// The floor -k*s of the clamped shift, from the saved invstd (sigma = 1/invstd) or gamma.
+// Forward and backward both call it on the same saved values, so they agree on which
+// channels are clamped (beta < floor, strictly).
+template <typename acc_t>
+acc_t shift_floor(const Floor& f, acc_t invstd, acc_t gamma) {
+  return -static_cast<acc_t>(f.k) * (f.scale == FloorScale::Sigma ? acc_t(1) / invstd : std::abs(gamma));
+}
+
+void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input) {
+  if (!t.has_value() || !t->defined()) return;
+  const int64_t C = input.size(1);
+  TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": ", name, " should contain ", C, " elements not ", t->numel(),
+              ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", sizes(input),
+              "), but got ", name, " of size ", sizes(*t));
+  check_same_dtype(op, "input", input, name, *t);
+}
+
+bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+template <typename scalar_t, typename acc_t>
+std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
+  std::vector<acc_t> v(C, missing);
+  if (has(t)) {
+    const auto a = t->accessor<scalar_t, 1>();
+    for (int64_t c = 0; c < C; ++c) v[c] = a[c];
+  }
+  return v;
+}
+
+// Sum of the kLanes partial sums, pairwise.
+template <typename scalar_t>
+inline scalar_t lane_total(scalar_t* a) {
+  for (int w = kLanes / 2; w > 0; w /= 2)
+    for (int j = 0; j < w; ++j) a[j] += a[j + w];
+  return a[0];
+}
+
+// Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
+// scalar_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
+// kChunk values, each chunk's total added to the acc_t sums.
+#define MANUAL_OPS_ROW_SUMS(TERMS)                                  \
+  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {                      \
+    const int64_t l1 = std::min(L, l0 + kChunk);                    \
+    scalar_t a1[kLanes] = {}, a2[kLanes] = {};                      \
+    int64_t l = l0;                                                 \
+    for (; l + kLanes <= l1; l += kLanes)                           \
+      for (int j = 0; j < kLanes; ++j) TERMS(l + j, j);             \
+    for (int j = 0; l < l1; ++l, ++j) TERMS(l, j);                  \
+    s1 += lane_total(a1), s2 += lane_total(a2);                     \
+  }
+
+// s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
+template <typename scalar_t, typename acc_t>
+inline void add_moments_row(const scalar_t* __restrict x, int64_t L, scalar_t K, acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { const scalar_t d = x[i] - K; a1[j] += d; a2[j] += d * d; }
+  MANUAL_OPS_ROW_SUMS(TERMS)
+#undef TERMS
+}
+
+// s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
+template <typename scalar_t, typename acc_t>
+inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, scalar_t mu,
+                         acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { a1[j] += dy[i]; a2[j] += dy[i] * (x[i] - mu); }
+  MANUAL_OPS_ROW_SUMS(TERMS)
+#undef TERMS
+}
+#undef MANUAL_OPS_ROW_SUMS
+
+// Per-channel sums S1[c], S2[c] over all M values of channel c, reading memory in order:
+// parallel over rows (NCL: N*C rows of L values, row i in channel i % C; NLC: N*L rows of
+// C values), each thread adding into its own C accumulators, which are then summed.
+// add_row(i, s1, s2) adds row i into the thread's accumulators s1[C], s2[C].
+template <typename acc_t, typename AddRow>
+void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  const int64_t C = g.C, rows = g.nlc ? g.M() : g.N * C, row_len = g.nlc ? C : g.L;
+  const int64_t T = at::get_num_threads();
+  std::vector<acc_t> T1(T * C, 0), T2(T * C, 0);
+  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_len)),
+                   [&](int64_t r0, int64_t r1) {
+                     const int64_t t = at::get_thread_num();
+                     for (int64_t r = r0; r < r1; ++r) add_row(r, T1.data() + t * C, T2.data() + t * C);
+                   });
+  S1.assign(C, 0), S2.assign(C, 0);
+  for (int64_t t = 0; t < T; ++t)
+    for (int64_t c = 0; c < C; ++c) S1[c] += T1[t * C + c], S2[c] += T2[t * C + c];
+}
+
+// out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
+// be null (that term is dropped). Forward: y = scale * (x - mu) + beta' (v = x; subtracting mu
+// first keeps the digits when |mu| >> sigma); backward: dx = a * delta + b * (x - mu) + k.
+template <typename scalar_t>
+void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<scalar_t>& a,
+                        const std::vector<scalar_t>& b, const std::vector<scalar_t>& m,
+                        const std::vector<scalar_t>& k, scalar_t* out) {
+  const int64_t C = g.C, L = g.L;
+  // One contiguous run of n values of one channel (NCL), or one row of all channels (NLC,
+  // coefficients indexed by j); the three loops are the three combinations of terms.
+  // step is 0 (NCL: one channel's coefficients) or 1 (NLC), at compile time so the loops vectorise.
+  auto run = [&](auto step_t, int64_t o, int64_t n, const scalar_t* A, const scalar_t* B, const scalar_t* Mu,
+                 const scalar_t* K) {
+    constexpr int64_t step = decltype(step_t)::value;
+    if (u && v) {
+      for (int64_t j = 0; j < n; ++j)
+        out[o + j] = A[j * step] * u[o + j] + B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+    } else if (v) {
+      for (int64_t j = 0; j < n; ++j) out[o + j] = B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+    } else {
+      for (int64_t j = 0; j < n; ++j) out[o + j] = A[j * step] * u[o + j] + K[j * step];
+    }
+  };
+  const scalar_t zero = 0;
+  auto coeff = [&](const std::vector<scalar_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
+  if (!g.nlc) {
+    at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
+                     [&](int64_t i0, int64_t i1) {
+                       for (int64_t i = i0; i < i1; ++i) {
+                         const int64_t c = i % C;
+                         run(std::integral_constant<int64_t, 0>{}, i * L, L, coeff(a, c), coeff(b, c), coeff(m, c), coeff(k, c));
+                       }
+                     });
+    return;
+  }
+  at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
+                   [&](int64_t r0, int64_t r1) {
+                     for (int64_t r = r0; r < r1; ++r)
+                       run(std::integral_constant<int64_t, 1>{}, r * C, C, coeff(a, 0), coeff(b, 0), coeff(m, 0),
+                           coeff(k, 0));
+                   });
+}
+
+void check_forward(const char* op, const Tensor& input, const std::optional<Tensor>& weight,
+                   const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
+                   const std::optional<Tensor>& running_var, const std::optional<Tensor>& num_batches_tracked,
+                   bool training, std::optional<double> momentum, double eps) {
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *) with at least 2 dimensions, but got input of size ",
+              sizes(input));
+  check_floating(op, "input", input);
+  if (training) {
+    // torch's _verify_batch_size: N * prod(spatial) == 1, whatever C is.
+    TORCH_CHECK_VALUE(geometry_of(input).M() != 1, "Expected more than 1 value per channel when training, got input size torch.Size(",
+                      input.sizes(), ")");
+    TORCH_CHECK_VALUE(eps > 0, "batch_norm eps must be positive during training, but got ", eps);
+  } else {
+    TORCH_CHECK_VALUE(eps >= 0, "batch_norm eps must be non-negative, but got ", eps);
+    TORCH_CHECK(has(running_mean), "running_mean must be defined in evaluation mode");
+    TORCH_CHECK(has(running_var), "running_var must be defined in evaluation mode");
+  }
+  check_per_channel(op, "running_mean", running_mean, input);
+  check_per_channel(op, "running_var", running_var, input);
+  check_per_channel(op, "weight", weight, input);
+  check_per_channel(op, "bias", bias, input);
+  TORCH_CHECK(has(running_mean) == has(running_var), op,
+              ": running_mean and running_var must both be given or both be None");
+  if (has(num_batches_tracked)) {
+    TORCH_CHECK(num_batches_tracked->numel() == 1 && num_batches_tracked->scalar_type() == at::kLong, op,
+                ": expected num_batches_tracked to be a one-element int64 tensor, but got one of size ",
+                sizes(*num_batches_tracked), " and dtype ", num_batches_tracked->scalar_type());
+  }
+  TORCH_CHECK(momentum.has_value() || !training || !has(running_mean) || has(num_batches_tracked), op,
+              ": momentum=None (a cumulative average) needs num_batches_tracked");
+}
+
+// Forward. Training: per channel c over its M values,
+//   mu = (1/M) sum x,  var = (1/M) sum (x - mu)^2  (one pass of shifted sums, in acc_t),
+//   invstd = 1/sqrt(var + eps),  y = gamma * (x - mu) * invstd + beta'  (one pass),
+//   running_mean <- (1-m) running_mean + m mu,  running_var <- (1-m) running_var + m var M/(M-1),
+// with m = momentum, or 1/(num_batches_tracked + 1) when momentum is None.
+// Eval: mu, invstd from the running stats. beta' = beta, or max(beta, -k*s) when clamped.
+// Returns (y, mu, invstd); backward needs only these.
+std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
+    const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
+    const std::optional<Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
+    std::optional<double> beta_floor, c10::string_view floor_scale) {
+  const char* op = "batch_norm";
+  check_forward(op, input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps);
+  const Floor floor = floor_of(op, beta_floor, floor_scale);
+
+  const Geometry g = geometry_of(input);
+  const Tensor x = dense(input, input);
+  Tensor out = at::empty_like(x);
+  Tensor save_mean = at::empty({g.C}, input.options());
+  Tensor save_invstd = at::empty({g.C}, input.options());
+  const bool update = training && has(running_mean) && g.M() > 0;
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_forward", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const int64_t C = g.C, M = g.M();
+    std::vector<acc_t> mean(C), var(C);
+    if (training) {
+      // Shift by the channel's first value, so that sum d^2 - (sum d)^2/M does not cancel.
+      std::vector<acc_t> K(C, 0), S1, S2;
+      for (int64_t c = 0; c < C && M > 0; ++c) K[c] = xp[g.nlc ? c : c * g.L];
+      channel_sums<acc_t>(
+          g,
+          [&](int64_t r, acc_t* s1, acc_t* s2) {
+            if (!g.nlc) {
+              const int64_t c = r % C;
+              add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+              return;
+            }
+            const scalar_t* row = xp + r * C;
+            for (int64_t c = 0; c < C; ++c) {
+              const acc_t d = acc_t(row[c]) - K[c];
+              s1[c] += d;
+              s2[c] += d * d;
+            }
+          },
+          S1, S2);
+      for (int64_t c = 0; c < C; ++c) {
+        const acc_t m1 = S1[c] / acc_t(M), v = S2[c] / acc_t(M) - m1 * m1;
+        mean[c] = K[c] + m1;
+        var[c] = v < 0 ? acc_t(0) : v;  // rounding can take it just below 0; NaN stays NaN
+      }
+    } else {
+      mean = per_channel<scalar_t, acc_t>(running_mean, C, 0);
+      var = per_channel<scalar_t, acc_t>(running_var, C, 0);
+    }
+
+    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+    std::vector<scalar_t> scale(C), shift(C), save_mean_v(C);
+    scalar_t* mp = save_mean.mutable_data_ptr<scalar_t>();
+    scalar_t* ip = save_invstd.mutable_data_ptr<scalar_t>();
+    for (int64_t c = 0; c < C; ++c) {
+      mp[c] = save_mean_v[c] = scalar_t(mean[c]);
+      ip[c] = scalar_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
+      acc_t b = beta[c];
+      if (floor.on()) {
+        const acc_t f = shift_floor<acc_t>(floor, ip[c], gamma[c]);
+        if (b < f) b = f;
+      }
+      scale[c] = scalar_t(gamma[c] * acc_t(ip[c]));
+      shift[c] = scalar_t(b);
+    }
+    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, save_mean_v, shift, out.mutable_data_ptr<scalar_t>());
+
+    if (update) {
+      const acc_t m = momentum.has_value()
+                          ? acc_t(*momentum)
+                          : acc_t(1) / acc_t(num_batches_tracked->item<int64_t>() + 1);
+      auto rm = running_mean->accessor<scalar_t, 1>();
+      auto rv = running_var->accessor<scalar_t, 1>();
+      for (int64_t c = 0; c < C; ++c) {
+        rm[c] = scalar_t((1 - m) * acc_t(rm[c]) + m * mean[c]);
+        rv[c] = scalar_t((1 - m) * acc_t(rv[c]) + m * var[c] * acc_t(M) / acc_t(M - 1));
+      }
+    }
+  });
+  if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);
+  return {out, save_mean, save_invstd};
+}
+
+// Backward, with xhat = (x - mu) * invstd and delta = dL/dy, sums over the M values of a channel:
+//   dbeta = sum delta,  dgamma = sum delta * xhat,
+//   training: dx = gamma * invstd * (delta - sum delta / M - xhat * sum(delta * xhat) / M),
+//   eval:     dx = gamma * invstd * delta.
+// Clamped channels (beta < -k*s): dbeta = 0; s = sigma adds -k * xhat * sum delta / M to dx
+// (training only: sigma is a batch statistic); s = |gamma| adds -k * sign(gamma) * sum delta to dgamma.
+// dx is applied as a[c] * delta + b[c] * (x - mu) + k[c], one pass after one pass of sums.
+std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output, const Tensor& input,
+                                                       const std::optional<Tensor>& weight,
+                                                       const std::optional<Tensor>& bias, const Tensor& save_mean,
+                                                       const Tensor& save_invstd, bool training,
+                                                       std::optional<double> beta_floor, c10::string_view floor_scale,
+                                                       std::array<bool, 3> output_mask) {
+  const char* op = "batch_norm_backward";
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", sizes(input));
+  check_floating(op, "input", input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", sizes(input),
+              ", but got grad_output of size ", sizes(grad_output));
+  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  check_per_channel(op, "weight", weight, input);
+  check_per_channel(op, "bias", bias, input);
+  check_per_channel(op, "save_mean", save_mean, input);
+  check_per_channel(op, "save_invstd", save_invstd, input);
+  const Floor floor = floor_of(op, beta_floor, floor_scale);
+
+  const Geometry g = geometry_of(input);
+  const Tensor x = dense(input, input);
+  const Tensor dy = dense(grad_output, input);
+  Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
+  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options()) : Tensor();
+  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options()) : Tensor();
+  const bool need_sums = output_mask[1] || output_mask[2] || (output_mask[0] && training);
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const int64_t C = g.C;
+    const acc_t M = acc_t(g.M());
+    const scalar_t* xp = x.const_data_ptr<scalar_t>();
+    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
+    const std::vector<acc_t> mean = per_channel<scalar_t, acc_t>(save_mean, C, 0);
+    const std::vector<acc_t> invstd = per_channel<scalar_t, acc_t>(save_invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+
+    std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
+    if (need_sums) {
+      channel_sums<acc_t>(
+          g,
+          [&](int64_t r, acc_t* s1, acc_t* s2) {
+            if (!g.nlc) {
+              const int64_t c = r % C;
+              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+              return;
+            }
+            const scalar_t *d = dyp + r * C, *p = xp + r * C;
+            for (int64_t c = 0; c < C; ++c) {
+              s1[c] += acc_t(d[c]);
+              s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
+            }
+          },
+          sum_dy, sum_dy_xmu);
+    }
+
+    std::vector<scalar_t> a(C), b(C), mu(C), k(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, invstd[c], gamma[c]);
+      acc_t dgamma = invstd[c] * sum_dy_xmu[c], dbeta = sum_dy[c];
+      acc_t ac = gamma[c] * invstd[c], bc = 0, kc = 0;
+      if (training) {  // dx = ac*delta + bc*(x - mu) - ac*sum delta/M
+        bc = -ac * invstd[c] * invstd[c] * sum_dy_xmu[c] / M;
+        kc = -ac * sum_dy[c] / M;
+      }
+      if (clamped) {
+        dbeta = 0;
+        if (floor.scale == FloorScale::Gamma) {
+          dgamma -= acc_t(floor.k) * acc_t((gamma[c] > 0) - (gamma[c] < 0)) * sum_dy[c];
+        } else if (training) {
+          bc -= acc_t(floor.k) * invstd[c] * sum_dy[c] / M;
+        }
+      }
+      a[c] = scalar_t(ac), b[c] = scalar_t(bc), mu[c] = scalar_t(mean[c]), k[c] = scalar_t(kc);
+      if (output_mask[1]) grad_weight.mutable_data_ptr<scalar_t>()[c] = scalar_t(dgamma);
+      if (output_mask[2]) grad_bias.mutable_data_ptr<scalar_t>()[c] = scalar_t(dbeta);
+    }
+    if (output_mask[0]) {
+      per_channel_affine<scalar_t>(g, dyp, training ? xp : nullptr, a, b, mu, k, grad_input.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
+  m.impl("batch_norm_forward", &batch_norm_forward);
+  m.impl("batch_norm_backward", &batch_norm_backward);
+}
+
+}  // namespace manual_ops

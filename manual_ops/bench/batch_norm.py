@@ -1,0 +1,28 @@
+"""batch_norm forward+backward in training mode on the ResNet-18 CIFAR shapes, batch 32."""
+import torch
+import torch.nn.functional as F
+
+from .. import functional as mF
+from . import Case
+
+# (name, C, H=W)
+SHAPES = [("C64 @32", 64, 32), ("C128 @16", 128, 16), ("C256 @8", 256, 8), ("C512 @4", 512, 4)]
+
+
+def _step(bn, x, weight, bias, running_mean, running_var, grad):
+    def run():
+        x.grad = weight.grad = bias.grad = None
+        bn(x, running_mean, running_var, weight, bias, True).backward(grad)
+    return run
+
+
+def cases(batch: int = 32, memory_format=torch.contiguous_format):
+    out = []
+    for name, c, hw in SHAPES:
+        x = torch.randn(batch, c, hw, hw).to(memory_format=memory_format).requires_grad_()
+        weight, bias = torch.rand(c).add_(0.5).requires_grad_(), torch.randn(c).requires_grad_()
+        grad = torch.randn_like(x)
+        ours = _step(mF.batch_norm, x, weight, bias, torch.zeros(c), torch.ones(c), grad)
+        builtin = _step(F.batch_norm, x, weight, bias, torch.zeros(c), torch.ones(c), grad)
+        out.append(Case("bn", name, ours, builtin))
+    return out
