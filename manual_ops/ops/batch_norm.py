@@ -29,23 +29,23 @@ def _batch_norm_backward_fake(grad_output, input, weight, bias, save_mean, save_
 class BatchNormFunction(torch.autograd.Function):
     """batch_norm whose backward is the hand-written ``manual_ops::batch_norm_backward``.
 
-    ``apply(input, running_mean, running_var, weight, bias, training, momentum, eps,
-    num_batches_tracked, beta_floor, floor_scale)``: the arguments of
-    :func:`torch.nn.functional.batch_norm`, then ``num_batches_tracked`` (incremented in
+    ``apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+    momentum, eps, beta_floor, floor_scale)``, the arguments of the op: those of
+    :func:`torch.nn.functional.batch_norm`, plus ``num_batches_tracked`` (incremented in
     training when given; with ``momentum=None`` the running stats are a cumulative average
     over it), ``beta_floor`` (None, or k >= 0 for the clamped shift max(beta, -k*s)) and
     ``floor_scale`` ('sigma' or 'gamma': what s is). Only input, weight and bias get grads.
     """
 
     @staticmethod
-    def forward(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked,
+    def forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
                 beta_floor, floor_scale):
         return _ops.batch_norm_forward(input, weight, bias, running_mean, running_var, num_batches_tracked,
                                        training, momentum, eps, beta_floor, floor_scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        input, _, _, weight, bias, training, _, _, _, beta_floor, floor_scale = inputs
+        input, weight, bias, _, _, _, training, _, _, beta_floor, floor_scale = inputs
         _, save_mean, save_invstd = output
         ctx.save_for_backward(input, weight, bias, save_mean, save_invstd)
         ctx.bn_args = (training, beta_floor, floor_scale)
@@ -56,17 +56,18 @@ class BatchNormFunction(torch.autograd.Function):
     def backward(ctx, grad_output, _grad_mean, _grad_invstd):
         input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        mask = [needs[0], needs[3], needs[4]]
+        mask = [needs[0], needs[1], needs[2]]
         grad_input, grad_weight, grad_bias = _ops.batch_norm_backward(
             grad_output, input, weight, bias, save_mean, save_invstd, *ctx.bn_args, mask)
-        return grad_input, None, None, grad_weight, grad_bias, None, None, None, None, None, None
+        return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
+
 
 
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
            beta_floor=None, floor_scale="sigma"):
     """BatchNormFunction.apply, returning only the output (the saved statistics are internal)."""
-    return BatchNormFunction.apply(input, running_mean, running_var, weight, bias, training, momentum, eps,
-                                   num_batches_tracked, beta_floor, floor_scale)[0]
+    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+                                   momentum, eps, beta_floor, floor_scale)[0]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):
