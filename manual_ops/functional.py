@@ -1,4 +1,23 @@
 """Functional ops with hand-written backward passes; names and signatures follow torch.nn.functional."""
 from .ops.conv2d import Conv2dFunction, conv2d
+from .ops.pooling import (
+    AdaptiveAvgPool2dFunction,
+    AvgPool2dFunction,
+    MaxPool2dFunction,
+    adaptive_avg_pool2d,
+    avg_pool2d,
+    max_pool2d,
+    max_pool2d_with_indices,
+)
 
-__all__ = ["Conv2dFunction", "conv2d"]
+__all__ = [
+    "Conv2dFunction",
+    "conv2d",
+    "AdaptiveAvgPool2dFunction",
+    "AvgPool2dFunction",
+    "MaxPool2dFunction",
+    "adaptive_avg_pool2d",
+    "avg_pool2d",
+    "max_pool2d",
+    "max_pool2d_with_indices",
+]
