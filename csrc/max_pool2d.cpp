@@ -29,63 +29,69 @@ std::vector<int64_t> first_indices(const PoolGeometry& g) {
   return idx;
 }
 
-// One tap of the running argmax: later taps win only if strictly greater, so the first
-// maximum wins ties; a NaN always wins, so NaN propagates (torch's rule).
-template <typename scalar_t>
-inline bool takes(scalar_t v, scalar_t best) {
-  return v > best || v != v;
+// One tap of a running argmax over n outputs: output i compares src[i*step], found at flat
+// position pos + i*pos_step. A later tap wins only if strictly greater, so the first maximum
+// wins ties; a NaN always wins, so NaN propagates (torch's rule). Branch-free, so it
+// vectorises; gcc (at the baseline SSE2) does so only when index_t is 32-bit.
+template <typename scalar_t, typename index_t>
+inline void argmax_tap(const scalar_t* __restrict__ src, int64_t step, int64_t n, index_t pos, index_t pos_step,
+                       scalar_t* __restrict__ out, index_t* __restrict__ idx) {
+  for (int64_t i = 0; i < n; ++i) {
+    const scalar_t v = src[i * step];
+    const bool take = v > out[i] || v != v;
+    out[i] = take ? v : out[i];
+    idx[i] = take ? pos + static_cast<index_t>(i) * pos_step : idx[i];
+  }
 }
 
 // Forward, NCHW: y[p, oh, ow] = max over (i, j) of x[p, oh*sh - ph + i*dh, ow*sw - pw + j*dw],
 // ind = the flat position ih*W + iw of that maximum. Per plane and output row, each tap
 // (i, j) sweeps the whole row of outputs it is valid for, so the inner loop runs along W.
-template <typename scalar_t>
+// The running argmax lives in a per-thread index_t row (scratch allocated once per call).
+template <typename scalar_t, typename index_t>
 void max_pool_nchw(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
   const std::vector<int64_t> first = first_indices(g);
   std::vector<TapRange> cols(g.kw);
   for (int64_t j = 0; j < g.kw; ++j) cols[j] = tap_range(j, g.sw, g.pw, g.dw, g.W, g.OW);
+  std::vector<index_t> scratch(at::get_num_threads() * g.OW);
   const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
   at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
+    index_t* arg = scratch.data() + at::get_thread_num() * g.OW;
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* in = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         scalar_t* out = y + (p * g.OH + oh) * g.OW;
-        int64_t* idx = ind + (p * g.OH + oh) * g.OW;
         std::fill(out, out + g.OW, lowest);
-        std::copy(first.begin() + oh * g.OW, first.begin() + (oh + 1) * g.OW, idx);
+        std::copy(first.begin() + oh * g.OW, first.begin() + (oh + 1) * g.OW, arg);
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t ih = oh * g.sh - g.ph + i * g.dh;
           if (ih < 0 || ih >= g.H) continue;
           for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t base = ih * g.W + j * g.dw - g.pw;  // flat position of the tap for ow = 0
-            const scalar_t* src = in + base;
-            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) {
-              const scalar_t v = src[ow * g.sw];
-              const bool take = takes(v, out[ow]);
-              out[ow] = take ? v : out[ow];
-              idx[ow] = take ? base + ow * g.sw : idx[ow];
-            }
+            const int64_t lo = cols[j].lo, pos = ih * g.W + lo * g.sw + j * g.dw - g.pw;
+            argmax_tap<scalar_t, index_t>(in + pos, g.sw, cols[j].hi - lo, pos, g.sw, out + lo, arg + lo);
           }
         }
+        std::copy(arg, arg + g.OW, ind + (p * g.OH + oh) * g.OW);
       }
     }
   });
 }
 
 // Forward, NHWC: the same max and argmax, vectorised along C; parallel over (n, oh) rows.
-template <typename scalar_t>
+template <typename scalar_t, typename index_t>
 void max_pool_nhwc(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
   const std::vector<int64_t> first = first_indices(g);
   const int64_t C = g.C;
+  std::vector<index_t> scratch(at::get_num_threads() * C);
   const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
+    index_t* arg = scratch.data() + at::get_thread_num() * C;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         scalar_t* out = y + (r * g.OW + ow) * C;
-        int64_t* idx = ind + (r * g.OW + ow) * C;
         std::fill(out, out + C, lowest);
-        std::fill(idx, idx + C, first[oh * g.OW + ow]);
+        std::fill(arg, arg + C, static_cast<index_t>(first[oh * g.OW + ow]));
         for (int64_t i = 0; i < g.kh; ++i) {
           const int64_t ih = oh * g.sh - g.ph + i * g.dh;
           if (ih < 0 || ih >= g.H) continue;
@@ -93,15 +99,10 @@ void max_pool_nhwc(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeome
             const int64_t iw = ow * g.sw - g.pw + j * g.dw;
             if (iw < 0 || iw >= g.W) continue;
             const int64_t pos = ih * g.W + iw;
-            const scalar_t* src = x + (n * g.H * g.W + pos) * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const scalar_t v = src[c];
-              const bool take = takes(v, out[c]);
-              out[c] = take ? v : out[c];
-              idx[c] = take ? pos : idx[c];
-            }
+            argmax_tap<scalar_t, index_t>(x + (n * g.H * g.W + pos) * C, 1, C, pos, 0, out, arg);
           }
         }
+        std::copy(arg, arg + C, ind + (r * g.OW + ow) * C);
       }
     }
   });
@@ -117,7 +118,10 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
   Tensor ind = at::empty(g.output_sizes(), input.options().dtype(at::kLong).memory_format(fmt));
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_forward", [&] {
-    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? max_pool_nhwc<scalar_t> : max_pool_nchw<scalar_t>;
+    // Running argmaxes are int32 (vectorisable) unless a plane has 2^31 or more elements.
+    const bool nhwc = fmt == at::MemoryFormat::ChannelsLast, narrow = g.H * g.W <= INT32_MAX;
+    auto kernel = nhwc ? (narrow ? max_pool_nhwc<scalar_t, int32_t> : max_pool_nhwc<scalar_t, int64_t>)
+                       : (narrow ? max_pool_nchw<scalar_t, int32_t> : max_pool_nchw<scalar_t, int64_t>);
     kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), ind.mutable_data_ptr<int64_t>(), g);
   });
   return {out, ind};
