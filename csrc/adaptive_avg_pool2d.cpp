@@ -13,24 +13,30 @@ struct Window {
   int64_t size() const { return end - begin; }
 };
 
-Window adaptive_window(int64_t o, int64_t I, int64_t O) { return {o * I / O, ((o + 1) * I + O - 1) / O}; }
+// The windows of all O outputs, computed once per call (the divisions are not cheap).
+std::vector<Window> adaptive_windows(int64_t I, int64_t O) {
+  std::vector<Window> windows(O);
+  for (int64_t o = 0; o < O; ++o) windows[o] = {o * I / O, ((o + 1) * I + O - 1) / O};
+  return windows;
+}
 
 struct AdaptiveGeometry {
   int64_t N, C, H, W, OH, OW;
   bool batched;
 };
 
-// Sum of a contiguous run in the accumulation type, with four independent partial sums
-// so that the adds pipeline (and vectorise) without reassociating a single chain.
+// Sum of a contiguous run in the accumulation type, with eight independent partial sums
+// so that the adds pipeline (and vectorise) instead of forming one dependent chain.
 template <typename scalar_t, typename acc_t = at::acc_type<scalar_t, false>>
 acc_t run_sum(const scalar_t* p, int64_t n) {
-  acc_t s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+  constexpr int64_t kLanes = 8;
+  acc_t part[kLanes] = {};
   int64_t i = 0;
-  for (; i + 4 <= n; i += 4) {
-    s0 += p[i], s1 += p[i + 1], s2 += p[i + 2], s3 += p[i + 3];
+  for (; i + kLanes <= n; i += kLanes) {
+    for (int64_t l = 0; l < kLanes; ++l) part[l] += p[i + l];
   }
-  for (; i < n; ++i) s0 += p[i];
-  return (s0 + s1) + (s2 + s3);
+  for (; i < n; ++i) part[0] += p[i];
+  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
 }
 
 // Forward, NCHW: y[p, oh, ow] = (1 / |R||S|) * sum over ih in R(oh), iw in S(ow) of x[p, ih, iw],
@@ -38,13 +44,14 @@ acc_t run_sum(const scalar_t* p, int64_t n) {
 // can be the whole plane. A window spanning full rows is one contiguous run.
 template <typename scalar_t>
 void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g) {
+  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
   at::parallel_for(0, g.N * g.C, grain_for(g.H * g.W + g.OH * g.OW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* in = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = adaptive_window(oh, g.H, g.OH);
+        const Window rows = row_windows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = adaptive_window(ow, g.W, g.OW);
+          const Window cols = col_windows[ow];
           at::acc_type<scalar_t, false> sum = 0;
           if (cols.size() == g.W) {
             sum = run_sum(in + rows.begin * g.W, rows.size() * g.W);
@@ -62,6 +69,7 @@ void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g
 // (scratch allocated once per call); parallel over (n, oh) rows.
 template <typename scalar_t>
 void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g) {
+  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
   using acc_t = at::acc_type<scalar_t, false>;
   const int64_t C = g.C;
   std::vector<acc_t> scratch(at::get_num_threads() * C);
@@ -69,9 +77,9 @@ void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g
     acc_t* acc = scratch.data() + at::get_thread_num() * C;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
-      const Window rows = adaptive_window(oh, g.H, g.OH);
+      const Window rows = row_windows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const Window cols = adaptive_window(ow, g.W, g.OW);
+        const Window cols = col_windows[ow];
         std::fill(acc, acc + C, acc_t(0));
         for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
           for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
@@ -87,23 +95,37 @@ void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g
   });
 }
 
+// Adds v to (or, for assign, writes v into) dst[0, n).
+template <typename scalar_t>
+inline void spread(scalar_t* dst, int64_t n, scalar_t v, bool assign) {
+  if (assign) {
+    std::fill(dst, dst + n, v);
+  } else {
+    for (int64_t i = 0; i < n; ++i) dst[i] += v;
+  }
+}
+
 // Backward, NCHW: dx[p, ih, iw] = sum over (oh, ow) whose windows contain (ih, iw) of
-// dy[p, oh, ow] / (|R(oh)||S(ow)|). Windows overlap when O does not divide I, so the plane is
-// zeroed and accumulated; one plane per task, so no write races.
+// dy[p, oh, ow] / (|R(oh)||S(ow)|). When O divides I in both dimensions the windows tile the
+// plane and each element is written once; otherwise they overlap, and the plane is zeroed
+// and accumulated. One plane per task, so no write races.
 template <typename scalar_t>
 void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const AdaptiveGeometry& g) {
+  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
+  const bool tiles = g.OH > 0 && g.OW > 0 && g.H % g.OH == 0 && g.W % g.OW == 0;
   at::parallel_for(0, g.N * g.C, grain_for(2 * g.H * g.W + g.OH * g.OW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       scalar_t* gi = dx + p * g.H * g.W;
-      std::fill(gi, gi + g.H * g.W, scalar_t(0));
+      if (!tiles) std::fill(gi, gi + g.H * g.W, scalar_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = adaptive_window(oh, g.H, g.OH);
+        const Window rows = row_windows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = adaptive_window(ow, g.W, g.OW);
+          const Window cols = col_windows[ow];
           const scalar_t grad = dy[(p * g.OH + oh) * g.OW + ow] / static_cast<scalar_t>(rows.size() * cols.size());
-          for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-            scalar_t* dst = gi + ih * g.W;
-            for (int64_t iw = cols.begin; iw < cols.end; ++iw) dst[iw] += grad;
+          if (cols.size() == g.W) {
+            spread(gi + rows.begin * g.W, rows.size() * g.W, grad, tiles);
+          } else {
+            for (int64_t ih = rows.begin; ih < rows.end; ++ih) spread(gi + ih * g.W + cols.begin, cols.size(), grad, tiles);
           }
         }
       }
@@ -114,14 +136,15 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const Adaptive
 // Backward, NHWC: the same spreading, vectorised along C; one image per task.
 template <typename scalar_t>
 void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const AdaptiveGeometry& g) {
+  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
   const int64_t C = g.C;
   at::parallel_for(0, g.N, grain_for((2 * g.H * g.W + g.OH * g.OW) * C), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = adaptive_window(oh, g.H, g.OH);
+        const Window rows = row_windows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = adaptive_window(ow, g.W, g.OW);
+          const Window cols = col_windows[ow];
           const scalar_t area = static_cast<scalar_t>(rows.size() * cols.size());
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
           for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
