@@ -73,7 +73,8 @@ void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g
   using acc_t = at::acc_type<scalar_t, false>;
   const int64_t C = g.C;
   std::vector<acc_t> scratch(at::get_num_threads() * C);
-  at::parallel_for(0, g.N * g.OH, grain_for((g.H / std::max<int64_t>(1, g.OH) + 1) * g.W * C), [&](int64_t r0, int64_t r1) {
+  const int64_t row_work = (g.H / std::max<int64_t>(1, g.OH) + 1) * g.W * C;
+  at::parallel_for(0, g.N * g.OH, grain_for(row_work), [&](int64_t r0, int64_t r1) {
     acc_t* acc = scratch.data() + at::get_thread_num() * C;
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
@@ -125,7 +126,9 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const Adaptive
           if (cols.size() == g.W) {
             spread(gi + rows.begin * g.W, rows.size() * g.W, grad, tiles);
           } else {
-            for (int64_t ih = rows.begin; ih < rows.end; ++ih) spread(gi + ih * g.W + cols.begin, cols.size(), grad, tiles);
+            for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+              spread(gi + ih * g.W + cols.begin, cols.size(), grad, tiles);
+            }
           }
         }
       }

@@ -59,8 +59,8 @@ inline PoolGeometry pool2d_geometry(const char* op, const Tensor& input, IntArra
   check_pool_arg_sizes(op, kernel_size, stride, padding, dilation);
   check_floating(op, "input", input);
   const int64_t ndim = input.dim();
-  TORCH_CHECK(ndim == 3 || ndim == 4, "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, ",
-              "but got:", input.sizes());
+  const char* rank_message = "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:";
+  TORCH_CHECK(ndim == 3 || ndim == 4, rank_message, input.sizes());
   PoolGeometry g{};
   g.batched = ndim == 4;
   g.N = g.batched ? input.size(0) : 1;
@@ -71,15 +71,15 @@ inline PoolGeometry pool2d_geometry(const char* op, const Tensor& input, IntArra
   for (int i = 0; i < 2; ++i) {
     TORCH_CHECK(s[i] != 0, "stride should not be zero");
     TORCH_CHECK(p[i] >= 0, "pad must be non-negative, but got pad: ", p[i]);
-    TORCH_CHECK(p[i] <= ((k[i] - 1) * d[i] + 1) / 2, "pad should be at most half of effective kernel size, but got pad=",
-                p[i], ", kernel_size=", k[i], " and dilation=", d[i]);
+    TORCH_CHECK(p[i] <= ((k[i] - 1) * d[i] + 1) / 2,
+                "pad should be at most half of effective kernel size, but got pad=", p[i], ", kernel_size=", k[i],
+                " and dilation=", d[i]);
   }
   TORCH_CHECK(g.kh > 0 && g.kw > 0, "kernel size should be greater than zero, but got kH: ", g.kh, " kW: ", g.kw);
   TORCH_CHECK(g.sh > 0 && g.sw > 0, "stride should be greater than zero, but got dH: ", g.sh, " dW: ", g.sw);
   TORCH_CHECK(g.dh > 0 && g.dw > 0, "dilation should be greater than zero, but got dilationH: ", g.dh,
               " dilationW: ", g.dw);
-  TORCH_CHECK(g.C > 0 && g.H > 0 && g.W > 0,
-              "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:", input.sizes());
+  TORCH_CHECK(g.C > 0 && g.H > 0 && g.W > 0, rank_message, input.sizes());
   TORCH_CHECK(g.kw / 2 >= g.pw && g.kh / 2 >= g.ph,
               "pad should be smaller than or equal to half of kernel size, but got padW = ", g.pw, ", padH = ", g.ph,
               ", kW = ", g.kw, ", kH = ", g.kh);
@@ -99,7 +99,8 @@ inline int64_t grain_for(int64_t work) {
 inline void check_grad_output(const char* op, const Tensor& grad_output, const Tensor& input,
                               const std::vector<int64_t>& expected) {
   check_same_dtype(op, "input", input, "grad_output", grad_output);
-  TORCH_CHECK(grad_output.sizes() == IntArrayRef(expected), op, ": expected grad_output of size ", expected,
+  const IntArrayRef expected_sizes(expected);
+  TORCH_CHECK(grad_output.sizes() == expected_sizes, op, ": expected grad_output of size ", expected_sizes,
               ", but got grad_output of size ", grad_output.sizes());
 }
 

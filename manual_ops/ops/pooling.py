@@ -11,8 +11,8 @@ def _pool_pair(value, name: str, op: str, omittable: bool = False) -> tuple[int,
     """An int or 1-2 ints as a 2-tuple; torch's message otherwise (``omittable``: ``None``/``[]`` -> ``None``)."""
     if omittable and (value is None or (isinstance(value, (list, tuple)) and len(value) == 0)):
         return None
-    values = [value] if isinstance(value, int) else list(value)
-    if not all(isinstance(v, int) for v in values):
+    values = [value] if isinstance(value, int) else list(value) if isinstance(value, (list, tuple)) else None
+    if values is None or not all(isinstance(v, int) for v in values):
         raise TypeError(f"{op}(): argument '{name}' must be an int or a tuple of ints, but got {value!r}")
     if len(values) not in (1, 2):
         if name == "dilation":
