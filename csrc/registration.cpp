@@ -17,4 +17,17 @@ TORCH_LIBRARY(manual_ops, m) {
   m.def(
       "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def("relu_forward(Tensor input) -> Tensor");
+  m.def("relu_(Tensor(a!) self) -> Tensor(a!)");
+  // relu's backward takes the output (not the input), which relu_ leaves in place of the input.
+  m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
+  // Returns (loss, lse): lse is the float64 log-sum-exp of each row's logits, for the backward.
+  m.def(
+      "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, int ignore_index, "
+      "float label_smoothing) -> (Tensor, Tensor)");
+  m.def(
+      "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+      "str reduction, int ignore_index, float label_smoothing, bool[2] output_mask) -> (Tensor, Tensor)");
 }

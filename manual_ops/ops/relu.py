@@ -1,0 +1,54 @@
+"""relu: the autograd wiring around ``manual_ops::relu_forward`` / ``relu_`` / ``relu_backward``."""
+import torch
+from torch.autograd.function import once_differentiable
+
+_ops = torch.ops.manual_ops
+
+
+@torch.library.register_fake("manual_ops::relu_forward")
+def _relu_forward_fake(input):
+    return torch.empty_like(input)
+
+
+@torch.library.register_fake("manual_ops::relu_backward")
+def _relu_backward_fake(grad_output, result):
+    return torch.empty_like(result)
+
+
+class ReLUFunction(torch.autograd.Function):
+    """relu whose backward is the hand-written ``manual_ops::relu_backward``.
+
+    ``apply(input, inplace)``; with ``inplace=True`` the input is overwritten and returned
+    (marked dirty, as autograd requires). The backward needs only the output, so in-place
+    use saves nothing extra.
+    """
+
+    @staticmethod
+    def forward(input, inplace):
+        return _ops.relu_(input) if inplace else _ops.relu_forward(input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        if inputs[1]:
+            ctx.mark_dirty(inputs[0])
+        ctx.save_for_backward(output)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        (result,) = ctx.saved_tensors
+        return _ops.relu_backward(grad_output, result), None
+
+
+def relu(input, inplace=False):
+    r"""Applies :math:`\max(x, 0)` elementwise, with a hand-written backward. Same as :func:`torch.nn.functional.relu`.
+
+    Args:
+        input: input tensor of any shape.
+        inplace: overwrite ``input`` with the result and return it. Default: ``False``.
+
+    Shape:
+        - Input: :math:`(*)`, any shape.
+        - Output: :math:`(*)`, the same shape (and strides, for dense inputs) as the input.
+    """
+    return ReLUFunction.apply(input, inplace)
