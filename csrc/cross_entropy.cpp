@@ -57,13 +57,15 @@ Geometry check_cross_entropy(const char* op, const Tensor& input, const Tensor& 
                 target.scalar_type());
     TORCH_CHECK_VALUE(target.dim() < 1 || target.size(0) == G.N, op, ": expected input batch_size (", G.N,
                       ") to match target batch_size (", target.dim() ? target.size(0) : 0, ")");
-    TORCH_CHECK(target.sizes() == at::IntArrayRef(G.row_size), op, ": expected target of size ", G.row_size,
-                " (class indices) or ", input.sizes(), " (class probabilities) for input of size ", input.sizes(),
-                ", but got target of size ", target.sizes());
+    TORCH_CHECK(target.sizes() == at::IntArrayRef(G.row_size), op, ": expected target of size ",
+                at::IntArrayRef(G.row_size), " (class indices) or ", input.sizes(),
+                " (class probabilities) for input of size ", input.sizes(), ", but got target of size ",
+                target.sizes());
   }
   if (weight.has_value() && weight->defined()) {
-    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == G.C, op, ": expected weight to be 1-D with one value for each of the ",
-                G.C, " classes, but got weight of size ", weight->sizes());
+    TORCH_CHECK(weight->dim() == 1 && weight->size(0) == G.C, op,
+                ": expected weight to be 1-D with one value for each of the ", G.C,
+                " classes, but got weight of size ", weight->sizes());
     check_same_dtype(op, "input", input, "weight", *weight);
   }
   TORCH_CHECK(label_smoothing <= 1.0, op, ": label_smoothing must be between 0.0 and 1.0. Got: ", label_smoothing);
@@ -188,11 +190,11 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
   const Reduction red = parse_reduction(std::string(reduction));
   const Geometry G = check_cross_entropy(op, input, target, weight, label_smoothing);
   TORCH_CHECK(lse.scalar_type() == at::kDouble && lse.sizes() == at::IntArrayRef(G.row_size), op,
-              ": expected lse of size ", G.row_size, " and dtype Double, but got lse of size ", lse.sizes(),
-              " and dtype ", lse.scalar_type());
+              ": expected lse of size ", at::IntArrayRef(G.row_size), " and dtype Double, but got lse of size ",
+              lse.sizes(), " and dtype ", lse.scalar_type());
   const std::vector<int64_t> loss_size = red == Reduction::None ? G.row_size : std::vector<int64_t>{};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(loss_size), op, ": expected grad_output of size ", loss_size,
-              ", but got grad_output of size ", grad_output.sizes());
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(loss_size), op, ": expected grad_output of size ",
+              at::IntArrayRef(loss_size), ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
   TORCH_CHECK(!output_mask[1] || G.probabilities, op, ": class-index targets have no gradient");
   const Inputs in = contiguous_inputs(input, target, weight);

@@ -7,24 +7,23 @@
 namespace manual_ops {
 namespace {
 
-std::vector<int64_t> sizes(const Tensor& t) { return t.sizes().vec(); }
-
 void check_linear(const char* op, const Tensor& input, const Tensor& weight) {
   TORCH_CHECK(input.dim() >= 1, op, ": expected input to have at least 1 dimension, but got input of size ",
-              sizes(input));
+              input.sizes());
   TORCH_CHECK(weight.dim() == 2, op, ": expected a 2-D weight (out_features, in_features), but got weight of size ",
-              sizes(weight));
+              weight.sizes());
   check_floating(op, "input", input);
   check_same_dtype(op, "input", input, "weight", weight);
   TORCH_CHECK(input.size(-1) == weight.size(1), op, ": expected the last dimension of input to be in_features=",
-              weight.size(1), " (weight of size ", sizes(weight), "), but got input of size ", sizes(input));
+              weight.size(1), " (weight of size ", weight.sizes(), "), but got input of size ",
+              input.sizes());
 }
 
 // The (M, in_features) row matrix of an input of size (*, in_features).
 Tensor rows(const Tensor& t) { return t.reshape({-1, t.size(-1)}); }
 
 std::vector<int64_t> output_size(const Tensor& input, const Tensor& weight) {
-  std::vector<int64_t> out = sizes(input);
+  std::vector<int64_t> out = input.sizes().vec();
   out.back() = weight.size(0);
   return out;
 }
@@ -33,12 +32,13 @@ std::vector<int64_t> output_size(const Tensor& input, const Tensor& weight) {
 Tensor linear_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias) {
   const char* op = "linear";
   check_linear(op, input, weight);
+  at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are internal: record no autograd
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
     check_same_dtype(op, "input", input, "bias", *bias);
     TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": expected bias to be 1-D with ",
-                weight.size(0), " elements (weight of size ", sizes(weight), "), but got bias of size ",
-                sizes(*bias));
+                weight.size(0), " elements (weight of size ", weight.sizes(), "), but got bias of size ",
+                bias->sizes());
   }
   const Tensor y = has_bias ? at::addmm(*bias, rows(input), weight.t()) : at::mm(rows(input), weight.t());
   return y.view(output_size(input, weight));
@@ -52,10 +52,12 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, co
                                                    const Tensor& weight, std::array<bool, 3> output_mask) {
   const char* op = "linear_backward";
   check_linear(op, input, weight);
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(output_size(input, weight)), op,
-              ": expected grad_output of size ", output_size(input, weight), ", but got grad_output of size ",
-              sizes(grad_output));
+  const std::vector<int64_t> out_size = output_size(input, weight);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_size), op,
+              ": expected grad_output of size ", at::IntArrayRef(out_size), ", but got grad_output of size ",
+              grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
+  at::AutoDispatchBelowADInplaceOrView guard;
   const Tensor dy = rows(grad_output);
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[0]) grad_input = at::mm(dy, weight).view(input.sizes());

@@ -18,9 +18,13 @@ TORCH_LIBRARY(manual_ops, m) {
       "conv2d_backward(Tensor grad_output, Tensor input, Tensor weight, int[2] stride, int[4] padding, "
       "int[2] dilation, int groups, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
-  m.def("linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
   m.def("relu_forward(Tensor input) -> Tensor");
-  m.def("relu_(Tensor(a!) self) -> Tensor(a!)");
+  // In place, returning nothing: functionalization (torch.compile) rejects custom ops whose
+  // outputs alias inputs, so the Python wrapper returns `self` itself.
+  m.def("relu_(Tensor(a!) self) -> ()");
   // relu's backward takes the output (not the input), which relu_ leaves in place of the input.
   m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
   // Returns (loss, lse): lse is the float64 log-sum-exp of each row's logits, for the backward.

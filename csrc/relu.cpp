@@ -30,7 +30,7 @@ Tensor relu_forward(const Tensor& input) {
   return out;
 }
 
-Tensor& relu_inplace(Tensor& self) {
+void relu_inplace(Tensor& self) {
   check_floating("relu_", "self", self);
   if (self.is_non_overlapping_and_dense()) {
     relu_kernel(self, self);
@@ -39,7 +39,6 @@ Tensor& relu_inplace(Tensor& self) {
     relu_kernel(tmp, tmp);
     self.copy_(tmp);
   }
-  return self;
 }
 
 // Backward from the saved output y = relu(x): dx[i] = dy[i] * 1[y[i] > 0]

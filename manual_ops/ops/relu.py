@@ -10,6 +10,11 @@ def _relu_forward_fake(input):
     return torch.empty_like(input)
 
 
+@torch.library.register_fake("manual_ops::relu_")
+def _relu_inplace_fake(self):
+    return None
+
+
 @torch.library.register_fake("manual_ops::relu_backward")
 def _relu_backward_fake(grad_output, result):
     return torch.empty_like(result)
@@ -25,7 +30,10 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, inplace):
-        return _ops.relu_(input) if inplace else _ops.relu_forward(input)
+        if not inplace:
+            return _ops.relu_forward(input)
+        _ops.relu_(input)
+        return input
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -51,4 +59,11 @@ def relu(input, inplace=False):
         - Input: :math:`(*)`, any shape.
         - Output: :math:`(*)`, the same shape (and strides, for dense inputs) as the input.
     """
+    if inplace and torch.is_grad_enabled() and input.requires_grad and not torch.compiler.is_compiling():
+        # autograd.Function would detect these only after the forward has overwritten the input
+        # (under torch.compile, AOTAutograd checks them while tracing).
+        if input.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        if input._is_view() and input._base.is_leaf:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
     return ReLUFunction.apply(input, inplace)
