@@ -25,5 +25,5 @@ setup(
     ],
     cmdclass={"build_ext": BuildExtension},
     python_requires=">=3.10",
-    install_requires=["torch==2.13.0"],
+    install_requires=["torch==2.13.0", "numpy", "tqdm", "matplotlib", "scikit-learn"],
 )

@@ -11,13 +11,11 @@ namespace {
 // Column buffers are bounded to about this many bytes (but always hold one sample).
 constexpr int64_t kColumnBudgetBytes = 8 << 20;
 
-std::vector<int64_t> sizes(const Tensor& t) { return t.sizes().vec(); }
-
 ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
-  TORCH_CHECK(input.dim() == 4, op, ": expected a 4-D input (N, C, H, W), but got input of size ", sizes(input));
+  TORCH_CHECK(input.dim() == 4, op, ": expected a 4-D input (N, C, H, W), but got input of size ", input.sizes());
   TORCH_CHECK(weight.dim() == 4, op, ": expected a 4-D weight (out_channels, in_channels/groups, kH, kW), ",
-              "but got weight of size ", sizes(weight));
+              "but got weight of size ", weight.sizes());
   TORCH_CHECK(stride.size() == 2 && dilation.size() == 2 && padding.size() == 4, op,
               ": expected stride and dilation of 2 values and padding of 4, but got stride=", stride,
               ", padding=", padding, ", dilation=", dilation);
@@ -38,9 +36,9 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   G.groups = groups;
 
   TORCH_CHECK(G.Cout % groups == 0, op, ": given groups=", groups, ", expected weight to be divisible by ", groups,
-              " at dimension 0, but got weight of size ", sizes(weight));
-  TORCH_CHECK(G.C == weight.size(1) * groups, op, ": given groups=", groups, ", weight of size ", sizes(weight),
-              ", expected input", sizes(input), " to have ", weight.size(1) * groups, " channels, but got ", G.C,
+              " at dimension 0, but got weight of size ", weight.sizes());
+  TORCH_CHECK(G.C == weight.size(1) * groups, op, ": given groups=", groups, ", weight of size ", weight.sizes(),
+              ", expected input", input.sizes(), " to have ", weight.size(1) * groups, " channels, but got ", G.C,
               " channels instead");
   const int64_t padded_h = G.H + G.pt + G.pb, padded_w = G.W + G.pl + G.pr;
   const int64_t ext_h = G.dh * (G.kh - 1) + 1, ext_w = G.dw * (G.kw - 1) + 1;
@@ -79,13 +77,14 @@ Tensor columns(const Tensor& x_rows, const Tensor& x, const ConvGeometry& G, int
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
                       IntArrayRef stride, IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
   const char* op = "conv2d";
+  at::AutoDispatchBelowADInplaceOrView guard;  // the ATen calls below are ours, not autograd's
   const ConvGeometry G = conv_geometry(op, input, weight, stride, padding, dilation, groups);
   const bool has_bias = bias.has_value() && bias->defined();
   if (has_bias) {
     check_same_dtype(op, "input", input, "bias", *bias);
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == G.Cout, op, ": given weight of size ", sizes(weight),
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == G.Cout, op, ": given weight of size ", weight.sizes(),
                 ", expected bias to be 1-dimensional with ", G.Cout, " elements, but got bias of size ",
-                sizes(*bias), " instead");
+                bias->sizes(), " instead");
   }
 
   const Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
@@ -123,10 +122,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
                                                    IntArrayRef dilation, int64_t groups,
                                                    std::array<bool, 3> output_mask) {
   const char* op = "conv2d_backward";
+  at::AutoDispatchBelowADInplaceOrView guard;
   const ConvGeometry G = conv_geometry(op, input, weight, stride, padding, dilation, groups);
-  const std::vector<int64_t> out_size{G.N, G.Cout, G.OH, G.OW};
-  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_size), op, ": expected grad_output of size ", out_size,
-              ", but got grad_output of size ", sizes(grad_output));
+  const std::array<int64_t, 4> out_size{G.N, G.Cout, G.OH, G.OW};
+  TORCH_CHECK(grad_output.sizes() == IntArrayRef(out_size), op, ": expected grad_output of size ", IntArrayRef(out_size),
+              ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
 
   const Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);

@@ -1,4 +1,4 @@
-"""Command line: ``python -m manual_ops {bench,train} ...``."""
+"""Command line: ``python -m manual_ops {bench,demo,train} ...``."""
 import argparse
 import sys
 
@@ -11,6 +11,7 @@ def main(argv=None) -> int:
     bench.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (median reported)")
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    sub.add_parser("demo", help="compare our gradients with the built-ins on real-sized layers")
     from .train import __doc__ as train_doc, add_arguments
     train = sub.add_parser("train", help="train a network with built-in and with manual_ops layers, side by side",
                            description=train_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -23,6 +24,9 @@ def main(argv=None) -> int:
         if unknown:
             parser.error(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
         run(args.families, reps=args.reps, warmup=args.warmup, as_json=args.json)
+    elif args.command == "demo":
+        from .demo import main as demo
+        return demo()
     elif args.command == "train":
         from .train import CHECKPOINT, UsageError, train as run_training
         try:

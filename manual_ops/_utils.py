@@ -24,3 +24,10 @@ def pair(value, name: str, op: str = "convolution") -> tuple[int, int]:
             f"{op} dimensions, but got {name}={list(value)}"
         )
     return tuple(values)
+
+
+def register_autograd(op: str, function: type) -> None:
+    """Gives the forward op ``op`` an autograd kernel made of ``function``'s setup_context and
+    backward, so that ``torch.ops.manual_ops.*`` called directly differentiates exactly as the
+    ``torch.autograd.Function`` does (instead of autograd's warn-and-ignore fallback)."""
+    torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)

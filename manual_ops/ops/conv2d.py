@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of, pair
+from .._utils import memory_format_of, pair, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -56,6 +56,9 @@ class Conv2dFunction(torch.autograd.Function):
         mask = list(ctx.needs_input_grad[:3])
         grad_input, grad_weight, grad_bias = _ops.conv2d_backward(grad_output, input, weight, *ctx.conv_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None
+
+
+register_autograd("manual_ops::conv2d_forward", Conv2dFunction)
 
 
 def _padding(padding, weight, stride, dilation):

@@ -2,6 +2,8 @@
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._utils import register_autograd
+
 _ops = torch.ops.manual_ops
 
 
@@ -51,6 +53,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         mask = list(ctx.needs_input_grad[:2])
         grad_input, grad_target = _ops.cross_entropy_backward(grad_loss, input, target, weight, lse, *ctx.options, mask)
         return grad_input, grad_target, None, None, None, None
+
+
+register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",

@@ -2,6 +2,8 @@
 import torch
 from torch.autograd.function import once_differentiable
 
+from .._utils import register_autograd
+
 _ops = torch.ops.manual_ops
 
 
@@ -39,6 +41,9 @@ class LinearFunction(torch.autograd.Function):
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         return _ops.linear_backward(grad_output, input, weight, list(ctx.needs_input_grad))
+
+
+register_autograd("manual_ops::linear_forward", LinearFunction)
 
 
 def linear(input, weight, bias=None):

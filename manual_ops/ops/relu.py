@@ -48,6 +48,18 @@ class ReLUFunction(torch.autograd.Function):
         return _ops.relu_backward(grad_output, result), None
 
 
+def _relu_op_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(output)
+
+
+def _relu_op_backward(ctx, grad_output):
+    return _ops.relu_backward(grad_output, ctx.saved_tensors[0])
+
+
+# relu_forward called directly differentiates like ReLUFunction (which also covers in-place use).
+torch.library.register_autograd("manual_ops::relu_forward", _relu_op_backward, setup_context=_relu_op_setup_context)
+
+
 def relu(input, inplace=False):
     r"""Applies :math:`\max(x, 0)` elementwise, with a hand-written backward. Same as :func:`torch.nn.functional.relu`.
 

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Installs torch 2.13.0 (CPU), the dependencies, and builds manual_ops in place (editable).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON=${PYTHON:-python3}
+"$PYTHON" -m pip install -q "torch==2.13.0" setuptools wheel
+"$PYTHON" -m pip install -q -r requirements-dev.txt
+"$PYTHON" -m pip install -q --no-build-isolation -e .
