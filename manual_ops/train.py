@@ -116,6 +116,9 @@ def save_atomic(obj, path):
     """torch.save to a temp file beside ``path``, then rename over it: ``path`` is always a whole checkpoint."""
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".checkpoint-", suffix=".tmp")
     try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -142,6 +145,7 @@ def _plot(runs, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     for (label, run), style in zip(runs.items(), ("-", "--")):
@@ -153,6 +157,7 @@ def _plot(runs, path):
     ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
     ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
     for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.legend()
         ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -160,10 +165,12 @@ def _plot(runs, path):
     plt.close(fig)
 
 
-def train(args, log=print):
-    """Runs the side-by-side training described by the parsed ``args``; returns the summary dict."""
+def train(args, log=None):
+    """Runs the side-by-side training described by the parsed ``args``; returns the summary dict.
+    Lines go to ``log`` (default: ``tqdm.write``, which keeps the progress bars intact)."""
     from tqdm import tqdm
 
+    log = log or tqdm.write
     if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError("--epochs and --batch-size must be positive integers and --lr a positive number")
     clamped_beta = parse_bn(args.bn)
