@@ -157,7 +157,8 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tens
         acc_t m = -std::numeric_limits<acc_t>::infinity();
         for (int64_t c = 0; c < G.C; ++c) m = std::max<acc_t>(m, xr[c * G.S]);
         acc_t sum_exp = 0;
-        for (int64_t c = 0; c < G.C; ++c) sum_exp += std::exp(acc_t(xr[c * G.S]) - m);
+        // exp in the input's precision (as torch's log_softmax), summed in acc_t.
+        for (int64_t c = 0; c < G.C; ++c) sum_exp += std::exp(scalar_t(acc_t(xr[c * G.S]) - m));
         const acc_t l = m + std::log(sum_exp);
         row_weights<scalar_t, acc_t>(G, r, t, y, w, ignore_index, eps, q.data());
         acc_t loss = 0;
@@ -226,7 +227,7 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
         for (int64_t c = 0; c < G.C; ++c) {
           const int64_t i = base + c * G.S;
           const acc_t log_p = acc_t(x[i]) - acc_t(l[r]);
-          if (gx) gx[i] = ignored ? scalar_t(0) : scalar_t(g_r * (Q * std::exp(log_p) - q[c]));
+          if (gx) gx[i] = ignored ? scalar_t(0) : scalar_t(g_r * (Q * std::exp(scalar_t(log_p)) - q[c]));
           if (gt) gt[i] = scalar_t(-g_r * (1 - eps) * (w ? acc_t(w[c]) : acc_t(1)) * log_p);
         }
       }
