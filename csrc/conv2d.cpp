@@ -8,8 +8,9 @@
 namespace manual_ops {
 namespace {
 
-// Column buffers are bounded to about this many bytes (but always hold one sample).
-constexpr int64_t kColumnBudgetBytes = 4 << 20;
+// A tile's scratch (its column matrix and the NHWC staging of its input, output gradient
+// and input gradient) is bounded to about this many bytes, but always holds one sample.
+constexpr int64_t kTileBudgetBytes = 1 << 20;
 
 ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
@@ -50,10 +51,11 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   return G;
 }
 
-// Samples per tile, so that a tile's column matrix stays within the budget.
+// Samples per tile, so that a tile's scratch stays within the budget.
 int64_t tile_samples(const ConvGeometry& G, const Tensor& t) {
-  const int64_t per_sample = std::max<int64_t>(1, G.L() * G.K() * t.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(G.N, kColumnBudgetBytes / per_sample));
+  const int64_t scratch = G.L() * G.K() + 2 * G.C * G.H * G.W + G.Cout * G.L();  // elements per sample
+  const int64_t per_sample = std::max<int64_t>(1, scratch * t.element_size());
+  return std::max<int64_t>(1, std::min<int64_t>(G.N, kTileBudgetBytes / per_sample));
 }
 
 // An (N*H*W, C) row-major view of an NHWC-contiguous tensor (never a copy).
