@@ -28,4 +28,20 @@ TORCH_LIBRARY(manual_ops, m) {
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
       "Tensor save_invstd, bool training, float? beta_floor, str floor_scale, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+
+  // Pooling. Forward and backward are separate ops; the backward ops take the forward's input
+  // for its sizes and memory format (the layout of grad_input), as torch's backward ops do.
+  // max_pool2d_forward returns (output, indices): int64 flat positions ih*W + iw in each plane.
+  m.def(
+      "max_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, int[2] dilation, "
+      "bool ceil_mode) -> (Tensor, Tensor)");
+  m.def("max_pool2d_backward(Tensor grad_output, Tensor input, Tensor indices) -> Tensor");
+  m.def(
+      "avg_pool2d_forward(Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, bool ceil_mode, "
+      "bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def(
+      "avg_pool2d_backward(Tensor grad_output, Tensor input, int[2] kernel_size, int[2] stride, int[2] padding, "
+      "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
+  m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
+  m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
 }

@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 # family name -> module under manual_ops.bench
-FAMILIES = {"conv": "conv", "bn": "batch_norm"}
+FAMILIES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling"}
 
 
 @dataclass

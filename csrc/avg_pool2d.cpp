@@ -1,0 +1,201 @@
+// 2-D average pooling and its hand-written backward.
+// Derivation: docs/derivations.md, "pooling".
+#include "pooling.h"
+
+#include <optional>
+
+namespace manual_ops {
+namespace {
+
+// The window of output o along one dimension, [start, end) clipped to the input [0, I).
+struct Window {
+  int64_t begin, end;
+};
+
+Window avg_window(int64_t o, int64_t s, int64_t p, int64_t k, int64_t I) {
+  const int64_t start = o * s - p;
+  return {std::max<int64_t>(start, 0), std::min(start + k, I)};
+}
+
+// The divisor of output (oh, ow) factors as h[oh] * w[ow]:
+//   divisor_override            -> d (put in h, with w = 1);
+//   count_include_pad           -> (min(start + k, I + p) - start) per dimension: the window
+//                                  including padding, but never the overhang ceil_mode adds;
+//   otherwise                   -> the number of in-bounds elements per dimension.
+template <typename scalar_t>
+struct Divisors {
+  std::vector<scalar_t> h, w;
+};
+
+template <typename scalar_t>
+std::vector<scalar_t> divisors_1d(int64_t O, int64_t s, int64_t p, int64_t k, int64_t I, bool count_include_pad) {
+  std::vector<scalar_t> div(O);
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t start = o * s - p;
+    const Window win = avg_window(o, s, p, k, I);
+    div[o] = static_cast<scalar_t>(count_include_pad ? std::min(start + k, I + p) - start : win.end - win.begin);
+  }
+  return div;
+}
+
+template <typename scalar_t>
+Divisors<scalar_t> divisors(const PoolGeometry& g, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  if (divisor_override) {
+    return {std::vector<scalar_t>(g.OH, static_cast<scalar_t>(*divisor_override)), std::vector<scalar_t>(g.OW, 1)};
+  }
+  return {divisors_1d<scalar_t>(g.OH, g.sh, g.ph, g.kh, g.H, count_include_pad),
+          divisors_1d<scalar_t>(g.OW, g.sw, g.pw, g.kw, g.W, count_include_pad)};
+}
+
+std::vector<TapRange> column_taps(const PoolGeometry& g) {
+  std::vector<TapRange> cols(g.kw);
+  for (int64_t j = 0; j < g.kw; ++j) cols[j] = tap_range(j, g.sw, g.pw, 1, g.W, g.OW);
+  return cols;
+}
+
+// Forward, NCHW: y[p, oh, ow] = (1 / div[oh, ow]) * sum over in-bounds (ih, iw) of the
+// window x[p, ih, iw]. Per output row, each tap sweeps the outputs it is valid for, so the
+// inner loop runs along W; the sum is accumulated in scalar_t (a window of kh*kw terms,
+// in torch's order: ih, then iw).
+template <typename scalar_t>
+void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+  const std::vector<TapRange> cols = column_taps(g);
+  at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        scalar_t* out = y + (p * g.OH + oh) * g.OW;
+        std::fill(out, out + g.OW, scalar_t(0));
+        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            const scalar_t* src = x + (p * g.H + ih) * g.W + j - g.pw;
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) out[ow] += src[ow * g.sw];
+          }
+        }
+        const scalar_t dh = div.h[oh];
+        for (int64_t ow = 0; ow < g.OW; ++ow) out[ow] /= dh * div.w[ow];
+      }
+    }
+  });
+}
+
+// Forward, NHWC: the same average, vectorised along C; parallel over (n, oh) rows.
+template <typename scalar_t>
+void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+  const int64_t C = g.C;
+  at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const int64_t n = r / g.OH, oh = r % g.OH;
+      const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+      for (int64_t ow = 0; ow < g.OW; ++ow) {
+        scalar_t* out = y + (r * g.OW + ow) * C;
+        std::fill(out, out + C, scalar_t(0));
+        const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
+        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+          for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+            const scalar_t* src = x + ((n * g.H + ih) * g.W + iw) * C;
+            for (int64_t c = 0; c < C; ++c) out[c] += src[c];
+          }
+        }
+        const scalar_t d = div.h[oh] * div.w[ow];
+        for (int64_t c = 0; c < C; ++c) out[c] /= d;
+      }
+    }
+  });
+}
+
+// Backward, NCHW: dx[p, ih, iw] = sum over windows (oh, ow) containing (ih, iw) of
+// dy[p, oh, ow] / div[oh, ow]: each output spreads its gradient evenly over its window
+// (for a 2x2, stride-2 pool: the 1/4 upsampling). One plane per task, so no write races.
+template <typename scalar_t>
+void avg_pool_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+  const std::vector<TapRange> cols = column_taps(g);
+  at::parallel_for(0, g.planes(), grain_for(g.H * g.W + g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      std::fill(dx + p * g.H * g.W, dx + (p + 1) * g.H * g.W, scalar_t(0));
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const scalar_t* grad = dy + (p * g.OH + oh) * g.OW;
+        const scalar_t dh = div.h[oh];
+        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+          for (int64_t j = 0; j < g.kw; ++j) {
+            scalar_t* dst = dx + (p * g.H + ih) * g.W + j - g.pw;
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += grad[ow] / (dh * div.w[ow]);
+          }
+        }
+      }
+    }
+  });
+}
+
+// Backward, NHWC: the same spreading, vectorised along C; one image per task.
+template <typename scalar_t>
+void avg_pool_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+  const int64_t C = g.C;
+  at::parallel_for(0, g.N, grain_for((g.H * g.W + g.OH * g.OW * g.kh * g.kw) * C), [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
+      for (int64_t oh = 0; oh < g.OH; ++oh) {
+        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+        for (int64_t ow = 0; ow < g.OW; ++ow) {
+          const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
+          const scalar_t d = div.h[oh] * div.w[ow];
+          const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
+          for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+            for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+              scalar_t* dst = dx + ((n * g.H + ih) * g.W + iw) * C;
+              for (int64_t c = 0; c < C; ++c) dst[c] += grad[c] / d;
+            }
+          }
+        }
+      }
+    }
+  });
+}
+
+PoolGeometry avg_geometry(const char* op, const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride,
+                          IntArrayRef padding, bool ceil_mode, std::optional<int64_t> divisor_override) {
+  TORCH_CHECK(!divisor_override || *divisor_override != 0, "divisor must be not zero");
+  return pool2d_geometry(op, input, kernel_size, stride, padding, {1, 1}, ceil_mode);
+}
+
+Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
+                          bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
+  const PoolGeometry g = avg_geometry("avg_pool2d", input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  const at::MemoryFormat fmt = memory_format_of(input);
+  const Tensor x = input.contiguous(fmt);
+  Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_forward", [&] {
+    const auto div = divisors<scalar_t>(g, count_include_pad, divisor_override);
+    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_nhwc<scalar_t> : avg_pool_nchw<scalar_t>;
+    kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, div);
+  });
+  return out;
+}
+
+Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntArrayRef kernel_size,
+                           IntArrayRef stride, IntArrayRef padding, bool ceil_mode, bool count_include_pad,
+                           std::optional<int64_t> divisor_override) {
+  const char* op = "avg_pool2d_backward";
+  const PoolGeometry g = avg_geometry(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
+  check_grad_output(op, grad_output, input, g.output_sizes());
+  const at::MemoryFormat fmt = memory_format_of(input);
+  const Tensor dy = grad_output.contiguous(fmt);
+  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
+    const auto div = divisors<scalar_t>(g, count_include_pad, divisor_override);
+    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_backward_nhwc<scalar_t>
+                                                        : avg_pool_backward_nchw<scalar_t>;
+    kernel(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), g, div);
+  });
+  return grad_input;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
+  m.impl("avg_pool2d_forward", &avg_pool2d_forward);
+  m.impl("avg_pool2d_backward", &avg_pool2d_backward);
+}
+
+}  // namespace manual_ops
