@@ -44,4 +44,21 @@ TORCH_LIBRARY(manual_ops, m) {
       "bool ceil_mode, bool count_include_pad, int? divisor_override) -> Tensor");
   m.def("adaptive_avg_pool2d_forward(Tensor input, int[2] output_size) -> Tensor");
   m.def("adaptive_avg_pool2d_backward(Tensor grad_output, Tensor input) -> Tensor");
+  m.def("linear_forward(Tensor input, Tensor weight, Tensor? bias) -> Tensor");
+  m.def(
+      "linear_backward(Tensor grad_output, Tensor input, Tensor weight, bool[3] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def("relu_forward(Tensor input) -> Tensor");
+  // In place, returning nothing: functionalization (torch.compile) rejects custom ops whose
+  // outputs alias inputs, so the Python wrapper returns `self` itself.
+  m.def("relu_(Tensor(a!) self) -> ()");
+  // relu's backward takes the output (not the input), which relu_ leaves in place of the input.
+  m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
+  // Returns (loss, lse): lse is the float64 log-sum-exp of each row's logits, for the backward.
+  m.def(
+      "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, int ignore_index, "
+      "float label_smoothing) -> (Tensor, Tensor)");
+  m.def(
+      "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
+      "str reduction, int ignore_index, float label_smoothing, bool[2] output_mask) -> (Tensor, Tensor)");
 }

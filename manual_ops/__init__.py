@@ -1,10 +1,12 @@
-"""manual_ops: conv, batch-norm and pooling layers for PyTorch with hand-written backward passes."""
+"""manual_ops: conv, batch-norm, pooling, linear, ReLU and cross-entropy layers for PyTorch with hand-written
+backward passes, and convert()/revert() to swap them into a model."""
 from ._extension import load as _load
 
 _C = _load()
 
 from . import functional, nn  # noqa: E402
+from .convert import convert, converted_modules, revert  # noqa: E402
 from .modules.batch_norm import clamp_beta_, register_clamp_beta_hook  # noqa: E402
 
-__all__ = ["clamp_beta_", "functional", "nn", "register_clamp_beta_hook"]
+__all__ = ["clamp_beta_", "convert", "converted_modules", "functional", "nn", "register_clamp_beta_hook", "revert"]
 __version__ = "0.1.0"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m manual_ops {bench,demo} ...``."""
+"""Command line: ``python -m manual_ops {bench,demo,train} ...``."""
 import argparse
 import sys
 
@@ -12,6 +12,10 @@ def main(argv=None) -> int:
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("demo", help="compare our gradients with the built-ins on real-sized layers")
+    from .train import __doc__ as train_doc, add_arguments
+    train = sub.add_parser("train", help="train a network with built-in and with manual_ops layers, side by side",
+                           description=train_doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(train)
     args = parser.parse_args(argv)
 
     if args.command == "bench":
@@ -23,6 +27,17 @@ def main(argv=None) -> int:
     elif args.command == "demo":
         from .demo import main as demo
         return demo()
+    elif args.command == "train":
+        from .train import CHECKPOINT, UsageError, train as run_training
+        try:
+            run_training(args)
+        except UsageError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print(f"\ninterrupted; the last checkpoint ({args.out}/{CHECKPOINT}) is intact: continue with --resume",
+                  file=sys.stderr)
+            return 130
     return 0
 
 

@@ -1,6 +1,8 @@
 """Functional ops with hand-written backward passes; names and signatures follow torch.nn.functional."""
 from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
 from .ops.conv2d import Conv2dFunction, conv2d
+from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
+from .ops.linear import LinearFunction, linear
 from .ops.pooling import (
     AdaptiveAvgPool2dFunction,
     AvgPool2dFunction,
@@ -10,18 +12,25 @@ from .ops.pooling import (
     max_pool2d,
     max_pool2d_with_indices,
 )
+from .ops.relu import ReLUFunction, relu
 
 __all__ = [
-    "BatchNormFunction",
-    "Conv2dFunction",
     "AdaptiveAvgPool2dFunction",
     "AvgPool2dFunction",
+    "BatchNormFunction",
+    "Conv2dFunction",
+    "CrossEntropyFunction",
+    "LinearFunction",
     "MaxPool2dFunction",
+    "ReLUFunction",
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",
     "clamped_batch_norm",
     "conv2d",
+    "cross_entropy",
+    "linear",
     "max_pool2d",
     "max_pool2d_with_indices",
+    "relu",
 ]

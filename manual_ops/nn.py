@@ -1,6 +1,9 @@
 """Modules with hand-written backward passes; names, arguments and state_dicts follow torch.nn."""
+from .modules.activation import ReLU
 from .modules.batch_norm import BatchNorm2d, ClampedBatchNorm2d
 from .modules.conv import Conv2d
+from .modules.linear import Linear
+from .modules.loss import CrossEntropyLoss
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 
 __all__ = [
@@ -9,5 +12,8 @@ __all__ = [
     "BatchNorm2d",
     "ClampedBatchNorm2d",
     "Conv2d",
+    "CrossEntropyLoss",
+    "Linear",
     "MaxPool2d",
+    "ReLU",
 ]

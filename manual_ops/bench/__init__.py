@@ -15,7 +15,7 @@ from typing import Callable
 import torch
 
 # family name -> module under manual_ops.bench
-FAMILIES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling"}
+FAMILIES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step"}
 
 
 @dataclass
@@ -26,6 +26,7 @@ class Case:
     name: str
     ours: Callable[[], object]
     builtin: Callable[[], object]
+    memory: bool = False  # also report the peak memory of one run of each
 
 
 @dataclass
@@ -34,6 +35,8 @@ class Result:
     name: str
     ours_ms: float
     builtin_ms: float
+    ours_peak_mb: float | None = None
+    builtin_peak_mb: float | None = None
 
     @property
     def ratio(self) -> float:
@@ -59,7 +62,27 @@ def measure(case: Case, reps: int = 15, warmup: int = 3) -> Result:
         else:
             ours.append(_time_once(case.ours))
             builtin.append(_time_once(case.builtin))
-    return Result(case.family, case.name, 1e3 * statistics.median(ours), 1e3 * statistics.median(builtin))
+    result = Result(case.family, case.name, 1e3 * statistics.median(ours), 1e3 * statistics.median(builtin))
+    if case.memory:
+        result.ours_peak_mb = peak_memory(case.ours) / 2**20
+        result.builtin_peak_mb = peak_memory(case.builtin) / 2**20
+    return result
+
+
+def peak_memory(fn) -> int:
+    """Peak bytes held by torch's CPU allocations made while ``fn()`` runs (from the profiler's
+    allocation events: the running sum of allocated minus freed bytes, at its maximum)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted((e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"),
+                    key=lambda e: e.start_ns())
+    held = peak = 0
+    for e in events:
+        held += e.nbytes()
+        peak = max(peak, held)
+    return peak
 
 
 def geomean(values) -> float:
@@ -72,7 +95,11 @@ def format_table(results: list[Result]) -> str:
     for family in dict.fromkeys(r.family for r in results):
         rows = [r for r in results if r.family == family]
         for r in rows:
-            lines.append(f"{r.family + ': ' + r.name:<44} {r.ours_ms:>10.3f} {r.builtin_ms:>12.3f} {r.ratio:>7.2f}")
+            line = f"{r.family + ': ' + r.name:<44} {r.ours_ms:>10.3f} {r.builtin_ms:>12.3f} {r.ratio:>7.2f}"
+            if r.ours_peak_mb is not None:
+                line += (f"   peak memory: ours {r.ours_peak_mb:.0f} MB, built-in {r.builtin_peak_mb:.0f} MB,"
+                         f" ratio {r.ours_peak_mb / r.builtin_peak_mb:.2f}")
+            lines.append(line)
         lines.append(f"{family + ': geometric mean':<44} {'':>10} {'':>12} {geomean(r.ratio for r in rows):>7.2f}")
     return "\n".join(lines)
 

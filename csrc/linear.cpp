@@ -1,0 +1,76 @@
+// Fully connected layer y = x W^T + b over any leading dims, with the backward
+// written by hand. Derivation: docs/derivations.md, "linear".
+#include "common.h"
+
+#include <tuple>
+
+namespace manual_ops {
+namespace {
+
+void check_linear(const char* op, const Tensor& input, const Tensor& weight) {
+  TORCH_CHECK(input.dim() >= 1, op, ": expected input to have at least 1 dimension, but got input of size ",
+              input.sizes());
+  TORCH_CHECK(weight.dim() == 2, op, ": expected a 2-D weight (out_features, in_features), but got weight of size ",
+              weight.sizes());
+  check_floating(op, "input", input);
+  check_same_dtype(op, "input", input, "weight", weight);
+  TORCH_CHECK(input.size(-1) == weight.size(1), op, ": expected the last dimension of input to be in_features=",
+              weight.size(1), " (weight of size ", weight.sizes(), "), but got input of size ",
+              input.sizes());
+}
+
+// The (M, in_features) row matrix of an input of size (*, in_features).
+Tensor rows(const Tensor& t) { return t.reshape({-1, t.size(-1)}); }
+
+std::vector<int64_t> output_size(const Tensor& input, const Tensor& weight) {
+  std::vector<int64_t> out = input.sizes().vec();
+  out.back() = weight.size(0);
+  return out;
+}
+
+// Forward: Y[m, o] = sum_i X[m, i] * W[o, i] + b[o], i.e. Y = X @ W^T (+ b), one GEMM.
+Tensor linear_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias) {
+  const char* op = "linear";
+  check_linear(op, input, weight);
+  at::AutoDispatchBelowADInplaceOrView guard;  // the GEMMs below are internal: record no autograd
+  const bool has_bias = bias.has_value() && bias->defined();
+  if (has_bias) {
+    check_same_dtype(op, "input", input, "bias", *bias);
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == weight.size(0), op, ": expected bias to be 1-D with ",
+                weight.size(0), " elements (weight of size ", weight.sizes(), "), but got bias of size ",
+                bias->sizes());
+  }
+  const Tensor y = has_bias ? at::addmm(*bias, rows(input), weight.t()) : at::mm(rows(input), weight.t());
+  return y.view(output_size(input, weight));
+}
+
+// Backward, from the chain rule through Y = X W^T + b with dY of size (M, out):
+//   dX = dY @ W          dX[m, i] = sum_o dY[m, o] W[o, i]
+//   dW = dY^T @ X        dW[o, i] = sum_m dY[m, o] X[m, i]
+//   db = sum_m dY[m, :]
+std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, const Tensor& input,
+                                                   const Tensor& weight, std::array<bool, 3> output_mask) {
+  const char* op = "linear_backward";
+  check_linear(op, input, weight);
+  const std::vector<int64_t> out_size = output_size(input, weight);
+  TORCH_CHECK(grad_output.sizes() == at::IntArrayRef(out_size), op,
+              ": expected grad_output of size ", at::IntArrayRef(out_size), ", but got grad_output of size ",
+              grad_output.sizes());
+  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  at::AutoDispatchBelowADInplaceOrView guard;
+  const Tensor dy = rows(grad_output);
+  Tensor grad_input, grad_weight, grad_bias;
+  if (output_mask[0]) grad_input = at::mm(dy, weight).view(input.sizes());
+  if (output_mask[1]) grad_weight = at::mm(dy.t(), rows(input));
+  if (output_mask[2]) grad_bias = dy.sum(0);
+  return {grad_input, grad_weight, grad_bias};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
+  m.impl("linear_forward", &linear_forward);
+  m.impl("linear_backward", &linear_backward);
+}
+
+}  // namespace manual_ops

@@ -1,0 +1,89 @@
+// ReLU and its in-place form, with the backward written by hand.
+// Derivation: docs/derivations.md, "relu".
+#include "common.h"
+
+namespace manual_ops {
+namespace {
+
+constexpr int64_t kGrain = 1 << 15;
+
+// A dense copy of `t` (itself when already dense). Dense tensors of equal strides
+// can be walked as flat arrays of numel() elements from data_ptr().
+Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t); }
+
+// y[i] = max(x[i], 0), written `x < 0 ? 0 : x` so that NaN and -0.0 pass through as in torch.
+void relu_kernel(const Tensor& x, Tensor& y) {
+  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu", [&] {
+    const scalar_t* in_ptr = x.const_data_ptr<scalar_t>();
+    scalar_t* out_ptr = y.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      // Local copies of the pointers, so that the stores cannot alias them and the loop vectorizes
+      // (in == out for relu_, so no __restrict__ here).
+      const scalar_t* in = in_ptr;
+      scalar_t* out = out_ptr;
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t v = in[i];
+        out[i] = v < scalar_t(0) ? scalar_t(0) : v;
+      }
+    });
+  });
+}
+
+Tensor relu_forward(const Tensor& input) {
+  check_floating("relu", "input", input);
+  const Tensor x = dense(input);
+  Tensor out = at::empty_like(x);
+  relu_kernel(x, out);
+  return out;
+}
+
+void relu_inplace(Tensor& self) {
+  check_floating("relu_", "self", self);
+  if (self.is_non_overlapping_and_dense()) {
+    relu_kernel(self, self);
+  } else {
+    Tensor tmp = dense(self);
+    relu_kernel(tmp, tmp);
+    self.copy_(tmp);
+  }
+}
+
+// Backward from the saved output y = relu(x): dx[i] = dy[i] * 1[y[i] > 0]
+// (y > 0 exactly where x > 0, so the output can stand in for an overwritten input;
+// like torch, a NaN output passes the gradient through).
+Tensor relu_backward(const Tensor& grad_output, const Tensor& result) {
+  const char* op = "relu_backward";
+  check_floating(op, "result", result);
+  check_same_dtype(op, "result", result, "grad_output", grad_output);
+  TORCH_CHECK(grad_output.sizes() == result.sizes(), op, ": expected grad_output of size ", result.sizes(),
+              ", but got grad_output of size ", grad_output.sizes());
+  const Tensor y = dense(result);
+  const Tensor dy = grad_output.strides() == y.strides() ? grad_output : at::empty_like(y).copy_(grad_output);
+  Tensor dx = at::empty_like(y);
+  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "relu_backward", [&] {
+    const scalar_t* out_ptr = y.const_data_ptr<scalar_t>();
+    const scalar_t* g_ptr = dy.const_data_ptr<scalar_t>();
+    scalar_t* gi_ptr = dx.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, y.numel(), kGrain, [&](int64_t begin, int64_t end) {
+      // Unaliased locals and unconditional loads: a branch-free select the compiler vectorizes.
+      const scalar_t* __restrict__ out = out_ptr;
+      const scalar_t* __restrict__ g = g_ptr;
+      scalar_t* __restrict__ gi = gi_ptr;
+      for (int64_t i = begin; i < end; ++i) {
+        const scalar_t y_i = out[i], g_i = g[i];
+        gi[i] = y_i <= scalar_t(0) ? scalar_t(0) : g_i;
+      }
+    });
+  });
+  return dx;
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
+  m.impl("relu_forward", &relu_forward);
+  m.impl("relu_", &relu_inplace);
+  m.impl("relu_backward", &relu_backward);
+}
+
+}  // namespace manual_ops

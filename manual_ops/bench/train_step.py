@@ -1,0 +1,39 @@
+"""One whole training step (forward, backward, SGD step) of ResNet-18 and VGG-11-BN, CIFAR-sized.
+
+The built-in model and its converted copy start from the same weights and see the same batch;
+ours also uses manual_ops' cross-entropy, so no built-in backward runs in our step.
+"""
+import copy
+
+import torch
+import torch.nn.functional as F
+
+from .. import functional as mF
+from ..convert import convert
+from ..models import build
+from . import Case
+
+MODELS = ("resnet18", "vgg11")
+
+
+def _step(model, loss_fn, x, target):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+
+    def run():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(x), target).backward()
+        optimizer.step()
+    return run
+
+
+def cases(batch: int = 32, memory_format=torch.contiguous_format):
+    out = []
+    for name in MODELS:
+        torch.manual_seed(0)
+        builtin = build(name, in_channels=3, num_classes=10, input_size=32).to(memory_format=memory_format)
+        ours = convert(copy.deepcopy(builtin))
+        x = torch.randn(batch, 3, 32, 32).to(memory_format=memory_format)
+        target = torch.randint(0, 10, (batch,))
+        out.append(Case("train", f"{name} step, batch {batch}", _step(ours, mF.cross_entropy, x, target),
+                        _step(builtin, F.cross_entropy, x, target), memory=True))
+    return out

@@ -1,0 +1,61 @@
+"""linear: the autograd wiring around ``manual_ops::linear_forward`` / ``linear_backward``."""
+import torch
+from torch.autograd.function import once_differentiable
+
+from .._utils import register_autograd
+
+_ops = torch.ops.manual_ops
+
+
+@torch.library.register_fake("manual_ops::linear_forward")
+def _linear_forward_fake(input, weight, bias):
+    torch._check(input.dim() >= 1 and weight.dim() == 2, lambda: "linear: expected input of 1+ dims and a 2-D weight")
+    return input.new_empty((*input.shape[:-1], weight.shape[0]))
+
+
+@torch.library.register_fake("manual_ops::linear_backward")
+def _linear_backward_fake(grad_output, input, weight, output_mask):
+    grad_input = input.new_empty(input.shape) if output_mask[0] else None
+    grad_weight = weight.new_empty(weight.shape) if output_mask[1] else None
+    grad_bias = weight.new_empty((weight.shape[0],)) if output_mask[2] else None
+    return grad_input, grad_weight, grad_bias
+
+
+class LinearFunction(torch.autograd.Function):
+    """linear whose backward is the hand-written ``manual_ops::linear_backward``.
+
+    ``apply(input, weight, bias)`` with input (*, in_features), weight (out_features, in_features).
+    """
+
+    @staticmethod
+    def forward(input, weight, bias):
+        return _ops.linear_forward(input, weight, bias)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        input, weight, _ = inputs
+        ctx.save_for_backward(input, weight)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_output):
+        input, weight = ctx.saved_tensors
+        return _ops.linear_backward(grad_output, input, weight, list(ctx.needs_input_grad))
+
+
+register_autograd("manual_ops::linear_forward", LinearFunction)
+
+
+def linear(input, weight, bias=None):
+    r"""Applies :math:`y = x W^T + b`, with a hand-written backward. Same as :func:`torch.nn.functional.linear`.
+
+    Args:
+        input: input tensor of shape :math:`(*, H_{in})`.
+        weight: weight of shape :math:`(H_{out}, H_{in})`.
+        bias: optional bias of shape :math:`(H_{out})`. Default: ``None``.
+
+    Shape:
+        - Input: :math:`(*, H_{in})`, where :math:`*` is any number of leading dimensions, including none.
+        - Output: :math:`(*, H_{out})`.
+    """
+    return LinearFunction.apply(input, weight, bias)

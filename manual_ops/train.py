@@ -1,0 +1,275 @@
+"""``python -m manual_ops train``: the same network trained twice, with torch's layers and with manual_ops'.
+
+Both runs start from the same weights and see the same batches in the same order; per epoch
+the loss, accuracy and time of each are printed side by side. Outputs in ``--out``:
+``curves.png`` (loss and accuracy of both runs), ``summary.json`` and ``checkpoint.pt``
+(written atomically after every epoch; ``--resume`` continues from it). The state_dicts in
+the checkpoint load strictly into the built-in model.
+"""
+import copy
+import json
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from . import data as data_module
+from . import models
+from . import nn as mnn
+from .convert import convert
+
+CHECKPOINT = "checkpoint.pt"
+
+
+class UsageError(Exception):
+    """Bad options or inputs: the message is shown as one line and the command exits with status 2."""
+
+
+def parse_bn(spec: str):
+    """``'plain'`` -> None; ``'clamped:K'`` -> K (the ClampedBatchNorm2d beta floor)."""
+    if spec == "plain":
+        return None
+    if spec.startswith("clamped:"):
+        try:
+            return float(spec[len("clamped:"):])
+        except ValueError:
+            pass
+    raise UsageError(f"--bn must be 'plain' or 'clamped:K' with a number K, got {spec!r}")
+
+
+def make_models(name, dataset, seed, clamped_beta=None, dtype=torch.float32):
+    """(built-in model, manual_ops model): the same weights, the second one converted."""
+    torch.manual_seed(seed)
+    try:
+        builtin = models.build(name, dataset.in_channels, dataset.num_classes, dataset.input_size).to(dtype)
+        manual = convert(copy.deepcopy(builtin), clamped_beta=clamped_beta)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    return builtin, manual
+
+
+@dataclass
+class Run:
+    """One of the two training runs: model, loss, SGD with momentum and a cosine schedule over the epochs."""
+
+    model: nn.Module
+    loss_fn: nn.Module
+    lr: float
+    epochs: int
+    history: list = field(default_factory=list)
+
+    def __post_init__(self):
+        self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
+        self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.epochs, 1))
+
+    def step(self, x, y):
+        """One SGD step; returns (loss, number correct). Gradients stay on the parameters until the next step."""
+        self.model.train()
+        self.optimizer.zero_grad(set_to_none=True)
+        out = self.model(x)
+        loss = self.loss_fn(out, y)
+        loss.backward()
+        self.optimizer.step()
+        return loss.item(), (out.argmax(1) == y).sum().item()
+
+    @torch.no_grad()
+    def evaluate(self, x, y, batch_size=500):
+        self.model.eval()
+        total_loss, correct = 0.0, 0
+        for i in range(0, len(x), batch_size):
+            out = self.model(x[i:i + batch_size])
+            total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
+            correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
+        return total_loss / max(len(x), 1), correct / max(len(x), 1)
+
+    def state(self):
+        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict(), "history": self.history}
+
+    def load(self, state):
+        self.model.load_state_dict(state["model"], strict=True)
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.history = state["history"]
+
+
+def grad_differences(builtin, manual):
+    """Per built-in layer type: the largest |grad_builtin - grad_manual| over its parameters, and the largest |grad|."""
+    out = {}
+    manual_modules = dict(manual.named_modules())
+    for name, m in builtin.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            q = getattr(manual_modules[name], pname)
+            if p.grad is None or q.grad is None:
+                continue
+            row = out.setdefault(type(m).__name__, {"max_abs_diff": 0.0, "max_abs_grad": 0.0})
+            row["max_abs_diff"] = max(row["max_abs_diff"], (p.grad - q.grad).abs().max().item())
+            row["max_abs_grad"] = max(row["max_abs_grad"], p.grad.abs().max().item())
+    return out
+
+
+def save_atomic(obj, path):
+    """torch.save to a temp file beside ``path``, then rename over it: ``path`` is always a whole checkpoint."""
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path) or ".", prefix=".checkpoint-", suffix=".tmp")
+    try:
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; give it a normal file's mode
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _batches(n, batch_size, seed, epoch):
+    """The epoch's shuffled batches of indices; a function of (seed, epoch) only, so resumed runs see the same order."""
+    g = torch.Generator().manual_seed(seed * 100003 + epoch)
+    return torch.randperm(n, generator=g).split(batch_size)
+
+
+def _row(name, h):
+    return (f"{name:>9} {h['train_loss']:>10.4f} {100 * h['train_acc']:>8.2f}% {h['test_loss']:>10.4f} "
+            f"{100 * h['test_acc']:>8.2f}% {h['time_s']:>8.2f}s")
+
+
+def _plot(runs, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    for (label, run), style in zip(runs.items(), ("-", "--")):
+        epochs = [h["epoch"] for h in run.history]
+        ax_loss.plot(epochs, [h["train_loss"] for h in run.history], style, marker="o", label=f"{label} train")
+        ax_loss.plot(epochs, [h["test_loss"] for h in run.history], style, marker="s", label=f"{label} test")
+        ax_acc.plot(epochs, [100 * h["train_acc"] for h in run.history], style, marker="o", label=f"{label} train")
+        ax_acc.plot(epochs, [100 * h["test_acc"] for h in run.history], style, marker="s", label=f"{label} test")
+    ax_loss.set(xlabel="epoch", ylabel="cross-entropy loss", title="loss")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="accuracy")
+    for ax in (ax_loss, ax_acc):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def train(args, log=None):
+    """Runs the side-by-side training described by the parsed ``args``; returns the summary dict.
+    Lines go to ``log`` (default: ``tqdm.write``, which keeps the progress bars intact)."""
+    from tqdm import tqdm
+
+    log = log or tqdm.write
+    if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
+        raise UsageError("--epochs and --batch-size must be positive integers and --lr a positive number")
+    clamped_beta = parse_bn(args.bn)
+    try:
+        dataset = data_module.load(args.data)
+    except data_module.DataError as e:
+        raise UsageError(str(e)) from None
+    if args.max_train:
+        dataset.train_x, dataset.train_y = dataset.train_x[:args.max_train], dataset.train_y[:args.max_train]
+    if args.max_test:
+        dataset.test_x, dataset.test_y = dataset.test_x[:args.max_test], dataset.test_y[:args.max_test]
+    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta)
+    runs = {"built-in": Run(builtin, nn.CrossEntropyLoss(), args.lr, args.epochs),
+            "manual": Run(manual, mnn.CrossEntropyLoss(), args.lr, args.epochs)}
+
+    os.makedirs(args.out, exist_ok=True)
+    checkpoint_path = os.path.join(args.out, CHECKPOINT)
+    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs")}
+    start_epoch, first_step = 0, None
+    if args.resume:
+        if not os.path.isfile(checkpoint_path):
+            raise UsageError(f"--resume: no checkpoint at {checkpoint_path}")
+        try:
+            ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
+            changed = [k for k in ("data", "model", "bn", "seed", "batch_size") if ckpt["config"][k] != config[k]]
+            if changed:
+                raise UsageError(f"--resume: the checkpoint was made with different {', '.join(changed)}")
+            for label, run in runs.items():
+                run.load(ckpt["runs"][label])
+        except UsageError:
+            raise
+        except Exception as e:  # unreadable or mismatched checkpoint
+            raise UsageError(f"--resume: cannot load {checkpoint_path} ({type(e).__name__}: {e})") from None
+        start_epoch, first_step = ckpt["epoch"], ckpt["first_step_grad_diff"]
+        log(f"resuming from {checkpoint_path} after epoch {start_epoch}")
+
+    log(f"{args.model} on {dataset.name}: {len(dataset.train_y)} train / {len(dataset.test_y)} test images of size "
+        f"{dataset.in_channels}x{dataset.input_size[0]}x{dataset.input_size[1]}, batch {args.batch_size}, "
+        f"lr {args.lr}, bn {args.bn}, {torch.get_num_threads()} threads")
+    header = f"{'epoch':>5} {'run':>9} {'train loss':>10} {'train acc':>9} {'test loss':>10} {'test acc':>9} {'time':>9}"
+    for epoch in range(start_epoch, args.epochs):
+        batches = _batches(len(dataset.train_y), args.batch_size, args.seed, epoch)
+        totals = {label: {"loss": 0.0, "correct": 0, "time": 0.0} for label in runs}
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not args.progress)
+        for i, idx in enumerate(bar):
+            x, y = dataset.train_x[idx], dataset.train_y[idx]
+            for label, run in runs.items():  # interleaved, so load on the machine hits both alike
+                t0 = time.perf_counter()
+                loss, correct = run.step(x, y)
+                totals[label]["time"] += time.perf_counter() - t0
+                totals[label]["loss"] += loss * len(y)
+                totals[label]["correct"] += correct
+            if epoch == 0 and i == 0:
+                first_step = grad_differences(builtin, manual)
+                log("first step, largest |grad built-in - grad manual| per layer type (largest |grad| for scale):")
+                for kind, d in first_step.items():
+                    log(f"  {kind:<20} {d['max_abs_diff']:.3e}   (|grad| up to {d['max_abs_grad']:.3e})")
+            bar.set_postfix({label: f"{t['loss'] / ((i + 1) * args.batch_size):.3f}" for label, t in totals.items()})
+        for label, run in runs.items():
+            t0 = time.perf_counter()
+            test_loss, test_acc = run.evaluate(dataset.test_x, dataset.test_y)
+            run.history.append({
+                "epoch": epoch + 1, "train_loss": totals[label]["loss"] / len(dataset.train_y),
+                "train_acc": totals[label]["correct"] / len(dataset.train_y), "test_loss": test_loss,
+                "test_acc": test_acc, "time_s": totals[label]["time"] + time.perf_counter() - t0,
+            })
+            run.scheduler.step()
+        if epoch == start_epoch:
+            log(header)
+        for label, run in runs.items():
+            log(f"{epoch + 1:>5} " + _row(label, run.history[-1]))
+        save_atomic({"epoch": epoch + 1, "config": config, "first_step_grad_diff": first_step,
+                     "runs": {label: run.state() for label, run in runs.items()}}, checkpoint_path)
+
+    summary = {
+        "config": config, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "first_step_grad_diff": first_step,
+        "runs": {label: {"final": run.history[-1] if run.history else None,
+                         "mean_epoch_time_s": sum(h["time_s"] for h in run.history) / max(len(run.history), 1),
+                         "history": run.history} for label, run in runs.items()},
+        "files": {"checkpoint": checkpoint_path, "plot": os.path.join(args.out, "curves.png")},
+    }
+    _plot(runs, summary["files"]["plot"])
+    with open(os.path.join(args.out, "summary.json"), "w") as f:
+        json.dump(summary, f, indent=2)
+    log(f"wrote {summary['files']['plot']}, {os.path.join(args.out, 'summary.json')} and {checkpoint_path}")
+    return summary
+
+
+def add_arguments(parser):
+    parser.add_argument("--data", default="digits", help="'digits' (scikit-learn, bundled) or 'cifar10:PATH'")
+    parser.add_argument("--model", default="resnet-small", help=f"one of {', '.join(models.MODELS)}")
+    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=0.05)
+    parser.add_argument("--bn", default="plain", help="'plain', or 'clamped:K' for ClampedBatchNorm2d(beta_floor=K)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs/train", help="folder for curves.png, summary.json, checkpoint.pt")
+    parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    parser.add_argument("--max-train", type=int, default=0, help="use only the first N training images (0: all)")
+    parser.add_argument("--max-test", type=int, default=0, help="use only the first N test images (0: all)")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="hide the progress bars")
