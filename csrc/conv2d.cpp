@@ -9,7 +9,7 @@ namespace manual_ops {
 namespace {
 
 // Column buffers are bounded to about this many bytes (but always hold one sample).
-constexpr int64_t kColumnBudgetBytes = 8 << 20;
+constexpr int64_t kColumnBudgetBytes = 4 << 20;
 
 ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
@@ -56,20 +56,55 @@ int64_t tile_samples(const ConvGeometry& G, const Tensor& t) {
   return std::max<int64_t>(1, std::min<int64_t>(G.N, kColumnBudgetBytes / per_sample));
 }
 
-// An (N*OH*OW, C) row-major view of an NHWC tensor.
+// An (N*H*W, C) row-major view of an NHWC-contiguous tensor (never a copy).
 Tensor rows_view(const Tensor& nhwc) {
-  return nhwc.permute({0, 2, 3, 1}).reshape({-1, nhwc.size(1)});
+  return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
-// The column matrix of samples [b0, b0+nb), group g: the NHWC input itself for a
+// Tensors of any layout seen one tile of samples at a time in NHWC: the tile itself when it
+// is channels-last contiguous, else a staging buffer of `tile` samples, allocated on first use.
+// Only tile-sized copies are made, so no whole NHWC copy of an input or output ever exists.
+struct NhwcTiles {
+  Tensor t;
+  int64_t tile;
+  Tensor staging;
+
+  bool direct(int64_t b0, int64_t nb) const {
+    return t.narrow(0, b0, nb).is_contiguous(at::MemoryFormat::ChannelsLast);
+  }
+  Tensor buffer(int64_t b0, int64_t nb) {
+    if (direct(b0, nb)) return t.narrow(0, b0, nb);
+    if (!staging.defined()) {
+      staging = at::empty({tile, t.size(1), t.size(2), t.size(3)}, t.options().memory_format(at::MemoryFormat::ChannelsLast));
+    }
+    return staging.narrow(0, 0, nb);
+  }
+  // Samples [b0, b0 + nb) of t, to read.
+  Tensor read(int64_t b0, int64_t nb) {
+    Tensor buf = buffer(b0, nb);
+    if (!direct(b0, nb)) buf.copy_(t.narrow(0, b0, nb));
+    return buf;
+  }
+  // After writing `buf` (from buffer()), stores it into samples [b0, b0 + nb) of t.
+  void write(int64_t b0, int64_t nb, const Tensor& buf) {
+    if (!direct(b0, nb)) t.narrow(0, b0, nb).copy_(buf);
+  }
+};
+
+// The column matrix of the nb samples of x_tile (NHWC), group g: x_tile itself for a
 // pointwise conv, else im2col into `buffer`.
-Tensor columns(const Tensor& x_rows, const Tensor& x, const ConvGeometry& G, int64_t b0, int64_t nb, int64_t g,
-               Tensor& buffer) {
-  if (G.pointwise()) return x_rows.narrow(0, b0 * G.L(), nb * G.L()).narrow(1, g * G.Cg(), G.Cg());
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "im2col_nhwc", [&] {
-    im2col_nhwc<scalar_t>(x.const_data_ptr<scalar_t>(), G, b0, nb, g, buffer.mutable_data_ptr<scalar_t>());
+Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
+  if (G.pointwise()) return rows_view(x_tile).narrow(1, g * G.Cg(), G.Cg());
+  AT_DISPATCH_FLOATING_TYPES(x_tile.scalar_type(), "im2col_nhwc", [&] {
+    im2col_nhwc<scalar_t>(x_tile.const_data_ptr<scalar_t>(), G, nb, g, buffer.mutable_data_ptr<scalar_t>());
   });
   return buffer.narrow(0, 0, nb * G.L());
+}
+
+// W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order
+// (a view of a contiguous weight).
+Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
+  return weight.contiguous().view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -87,29 +122,32 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                 bias->sizes(), " instead");
   }
 
-  const Tensor x = input.contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor x_rows = rows_view(x);
-  const Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({G.Cout, G.K()});  // W[co, (i, j, c)]
-  Tensor out = at::empty({G.N, G.Cout, G.OH, G.OW}, input.options().memory_format(at::MemoryFormat::ChannelsLast));
-  const Tensor out_rows = rows_view(out);
-
+  const bool channels_last_out = is_channels_last(input) || is_channels_last(weight);
+  Tensor out = at::empty({G.N, G.Cout, G.OH, G.OW},
+                         input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
+                                                                         : at::MemoryFormat::Contiguous));
+  const Tensor w_rows = weight_rows(weight, G);
   const int64_t B = tile_samples(G, input);
+  NhwcTiles x{input, B}, y{out, B};
   Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
+    const Tensor x_tile = x.read(b0, nb);
+    const Tensor y_tile = y.buffer(b0, nb);
+    const Tensor y_rows = rows_view(y_tile);
     for (int64_t g = 0; g < G.groups; ++g) {
-      const Tensor cols = columns(x_rows, x, G, b0, nb, g, buffer);
-      Tensor y = out_rows.narrow(0, b0 * G.L(), nb * G.L()).narrow(1, g * G.Coutg(), G.Coutg());
+      const Tensor cols = columns(x_tile, G, nb, g, buffer);
+      Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
       const Tensor w_t = w_rows.narrow(0, g * G.Coutg(), G.Coutg()).t();
       if (has_bias) {
-        at::addmm_out(y, bias->narrow(0, g * G.Coutg(), G.Coutg()), cols, w_t);
+        at::addmm_out(y_g, bias->narrow(0, g * G.Coutg(), G.Coutg()), cols, w_t);
       } else {
-        at::mm_out(y, cols, w_t);
+        at::mm_out(y_g, cols, w_t);
       }
     }
+    y.write(b0, nb, y_tile);
   }
-  const bool channels_last_out = is_channels_last(input) || is_channels_last(weight);
-  return channels_last_out ? out : out.contiguous();
+  return out;
 }
 
 // Backward, from the chain rule through Y = cols @ W^T + b:
@@ -129,51 +167,46 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
               ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
 
-  const Tensor dy = grad_output.contiguous(at::MemoryFormat::ChannelsLast);
-  const Tensor dy_rows = rows_view(dy);
   Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[2]) grad_bias = dy_rows.sum(0);
+  if (output_mask[2]) grad_bias = grad_output.sum({0, 2, 3});
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
-  const Tensor x = output_mask[1] ? input.contiguous(at::MemoryFormat::ChannelsLast) : Tensor();
-  const Tensor x_rows = output_mask[1] ? rows_view(x) : Tensor();
-  const Tensor w_rows = weight.permute({0, 2, 3, 1}).contiguous().view({G.Cout, G.K()});
-  Tensor dw_rows = output_mask[1] ? at::zeros({G.Cout, G.K()}, weight.options()) : Tensor();
-  Tensor dx = output_mask[0]
-                  ? at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(at::MemoryFormat::ChannelsLast))
-                  : Tensor();
-  const Tensor dx_rows = output_mask[0] ? rows_view(dx) : Tensor();
+  const Tensor w_rows = weight_rows(weight, G);
+  if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options());
+  Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
+  if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
 
   const int64_t B = tile_samples(G, input);
+  NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
   Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
+    const Tensor dy_rows = rows_view(dy.read(b0, nb));
+    const Tensor x_tile = output_mask[1] ? x.read(b0, nb) : Tensor();
+    const Tensor dx_tile = output_mask[0] ? dx.buffer(b0, nb) : Tensor();
     for (int64_t g = 0; g < G.groups; ++g) {
-      const Tensor dy_g = dy_rows.narrow(0, b0 * G.L(), nb * G.L()).narrow(1, g * G.Coutg(), G.Coutg());
+      const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
       if (output_mask[1]) {
-        const Tensor cols = columns(x_rows, x, G, b0, nb, g, buffer);
+        const Tensor cols = columns(x_tile, G, nb, g, buffer);
         dw_rows.narrow(0, g * G.Coutg(), G.Coutg()).addmm_(dy_g.t(), cols);
       }
       if (output_mask[0]) {
         const Tensor w_g = w_rows.narrow(0, g * G.Coutg(), G.Coutg());
         if (G.pointwise()) {
-          Tensor dx_g = dx_rows.narrow(0, b0 * G.L(), nb * G.L()).narrow(1, g * G.Cg(), G.Cg());
+          Tensor dx_g = rows_view(dx_tile).narrow(1, g * G.Cg(), G.Cg());
           at::mm_out(dx_g, dy_g, w_g);
         } else {
           Tensor dcols = buffer.narrow(0, 0, nb * G.L());
           at::mm_out(dcols, dy_g, w_g);
           AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "col2im_nhwc", [&] {
-            col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, b0, nb, g, dx.mutable_data_ptr<scalar_t>());
+            col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
           });
         }
       }
     }
+    if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
-  if (output_mask[0]) grad_input = is_channels_last(input) ? dx : dx.contiguous();
-  if (output_mask[1]) {
-    grad_weight = dw_rows.view({G.Cout, G.kh, G.kw, G.Cg()}).permute({0, 3, 1, 2});
-    if (!is_channels_last(weight)) grad_weight = grad_weight.contiguous();
-  }
+  if (output_mask[1] && is_channels_last(weight)) grad_weight = grad_weight.contiguous(at::MemoryFormat::ChannelsLast);
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -117,7 +117,7 @@ def test_dtypes_and_empty_batch(dtype):
 
 
 def test_large_batch_is_tiled():
-    """A column buffer of one sample is 64*9*32*32*4 bytes = 2.4 MB: 9 samples span several tiles.
+    """A column buffer of one sample is 64*9*32*32*4 bytes = 2.4 MB, the budget 4 MB: 9 samples take 9 tiles.
 
     grad_weight sums 9*32*32 = 9216 products, so float32 rounding alone is ~1e-4 absolute; we
     judge both float32 results against a float64 reference and allow ours at most 4x torch's error.
