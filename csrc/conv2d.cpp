@@ -9,8 +9,13 @@ namespace manual_ops {
 namespace {
 
 // A tile's scratch (its column matrix and the NHWC staging of its input, output gradient
-// and input gradient) is bounded to about this many bytes, but always holds one sample.
-constexpr int64_t kTileBudgetBytes = 1 << 20;
+// and input gradient) is bounded to about these many bytes, except that a tile always has at
+// least kMinTileRows output pixels (or one sample), so that its GEMMs keep both cores busy.
+// The backward's budget is the smaller: a training step's peak memory is reached there, when
+// grad_weight and grad_input exist too.
+constexpr int64_t kForwardBudgetBytes = 8 << 20;
+constexpr int64_t kBackwardBudgetBytes = 4 << 20;
+constexpr int64_t kMinTileRows = 256;
 
 ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& weight, IntArrayRef stride,
                            IntArrayRef padding, IntArrayRef dilation, int64_t groups) {
@@ -51,11 +56,12 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   return G;
 }
 
-// Samples per tile, so that a tile's scratch stays within the budget.
-int64_t tile_samples(const ConvGeometry& G, const Tensor& t) {
+// Samples per tile: within `budget` bytes of scratch, but at least kMinTileRows rows.
+int64_t tile_samples(const ConvGeometry& G, const Tensor& t, int64_t budget) {
   const int64_t scratch = G.L() * G.K() + 2 * G.C * G.H * G.W + G.Cout * G.L();  // elements per sample
   const int64_t per_sample = std::max<int64_t>(1, scratch * t.element_size());
-  return std::max<int64_t>(1, std::min<int64_t>(G.N, kTileBudgetBytes / per_sample));
+  const int64_t samples = std::max(budget / per_sample, (kMinTileRows + G.L() - 1) / G.L());
+  return std::max<int64_t>(1, std::min<int64_t>(G.N, samples));
 }
 
 // An (N*H*W, C) row-major view of an NHWC-contiguous tensor (never a copy).
@@ -129,7 +135,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                          input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                          : at::MemoryFormat::Contiguous));
   const Tensor w_rows = weight_rows(weight, G);
-  const int64_t B = tile_samples(G, input);
+  const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B}, y{out, B};
   Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
@@ -178,7 +184,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
 
-  const int64_t B = tile_samples(G, input);
+  const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
   NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
   Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
