@@ -19,8 +19,6 @@ namespace {
 constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
 constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
 
-IntArrayRef sizes(const Tensor& t) { return t.sizes(); }
-
 struct Geometry {
   int64_t N, C, L;
   bool nlc;  // memory is (N*L, C) rather than (N, C, L)
@@ -63,8 +61,8 @@ void check_per_channel(const char* op, const char* name, const std::optional<Ten
   if (!t.has_value() || !t->defined()) return;
   const int64_t C = input.size(1);
   TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": ", name, " should contain ", C, " elements not ", t->numel(),
-              ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", sizes(input),
-              "), but got ", name, " of size ", sizes(*t));
+              ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", input.sizes(),
+              "), but got ", name, " of size ", t->sizes());
   check_same_dtype(op, "input", input, name, *t);
 }
 
@@ -187,7 +185,7 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
                    const std::optional<Tensor>& running_var, const std::optional<Tensor>& num_batches_tracked,
                    bool training, std::optional<double> momentum, double eps) {
   TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *) with at least 2 dimensions, but got input of size ",
-              sizes(input));
+              input.sizes());
   check_floating(op, "input", input);
   if (training) {
     // torch's _verify_batch_size: N * prod(spatial) == 1, whatever C is.
@@ -208,7 +206,7 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
   if (has(num_batches_tracked)) {
     TORCH_CHECK(num_batches_tracked->numel() == 1 && num_batches_tracked->scalar_type() == at::kLong, op,
                 ": expected num_batches_tracked to be a one-element int64 tensor, but got one of size ",
-                sizes(*num_batches_tracked), " and dtype ", num_batches_tracked->scalar_type());
+                num_batches_tracked->sizes(), " and dtype ", num_batches_tracked->scalar_type());
   }
   TORCH_CHECK(momentum.has_value() || !training || !has(running_mean) || has(num_batches_tracked), op,
               ": momentum=None (a cumulative average) needs num_batches_tracked");
@@ -320,10 +318,10 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
                                                        std::optional<double> beta_floor, c10::string_view floor_scale,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "batch_norm_backward";
-  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", sizes(input));
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
   check_floating(op, "input", input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", sizes(input),
-              ", but got grad_output of size ", sizes(grad_output));
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
+              ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
   check_per_channel(op, "weight", weight, input);
   check_per_channel(op, "bias", bias, input);
