@@ -43,6 +43,17 @@ class Result:
         return self.ours_ms / self.builtin_ms
 
 
+def forward_backward(forward, leaves, grad=None):
+    """A callable that clears the grads of ``leaves`` (so that runs do not accumulate), runs
+    ``forward()`` and backpropagates ``grad`` (or, when None, the sum of the output)."""
+    def run():
+        for t in leaves:
+            t.grad = None
+        out = forward()
+        out.backward(grad) if grad is not None else out.sum().backward()
+    return run
+
+
 def _time_once(fn) -> float:
     start = time.perf_counter()
     fn()

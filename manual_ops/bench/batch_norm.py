@@ -3,17 +3,14 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as mF
-from . import Case
+from . import Case, forward_backward
 
 # (name, C, H=W)
 SHAPES = [("C64 @32", 64, 32), ("C128 @16", 128, 16), ("C256 @8", 256, 8), ("C512 @4", 512, 4)]
 
 
 def _step(bn, x, weight, bias, running_mean, running_var, grad):
-    def run():
-        x.grad = weight.grad = bias.grad = None
-        bn(x, running_mean, running_var, weight, bias, True).backward(grad)
-    return run
+    return forward_backward(lambda: bn(x, running_mean, running_var, weight, bias, True), (x, weight, bias), grad)
 
 
 def cases(batch: int = 32, memory_format=torch.contiguous_format):

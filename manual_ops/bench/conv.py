@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as mF
-from . import Case
+from . import Case, forward_backward
 
 # (name, C_in, C_out, H=W, kernel, stride, padding)
 SHAPES = [
@@ -21,18 +21,13 @@ SHAPES = [
 ]
 
 
-def _step(conv, x, w, stride, padding, grad):
-    def run():
-        x.grad = w.grad = None
-        conv(x, w, None, stride, padding).backward(grad)
-    return run
-
-
 def cases(batch: int = 32, memory_format=torch.contiguous_format):
     out = []
     for name, cin, cout, hw, k, s, p in SHAPES:
         x = torch.randn(batch, cin, hw, hw).to(memory_format=memory_format).requires_grad_()
         w = (torch.randn(cout, cin, k, k) * (2 / (cin * k * k)) ** 0.5).requires_grad_()
         grad = torch.randn_like(F.conv2d(x, w, None, s, p))
-        out.append(Case("conv", name, _step(mF.conv2d, x, w, s, p, grad), _step(F.conv2d, x, w, s, p, grad)))
+        ours = forward_backward(lambda x=x, w=w, s=s, p=p: mF.conv2d(x, w, None, s, p), (x, w), grad)
+        builtin = forward_backward(lambda x=x, w=w, s=s, p=p: F.conv2d(x, w, None, s, p), (x, w), grad)
+        out.append(Case("conv", name, ours, builtin))
     return out

@@ -3,7 +3,7 @@ import torch
 import torch.nn.functional as F
 
 from .. import functional as mF
-from . import Case
+from . import Case, forward_backward
 
 # (name, ours, built-in, input shape); each pool is called as pool(x).
 POOLS = [
@@ -15,18 +15,12 @@ FIXED_SHAPES = [(32, 64, 32, 32), (32, 128, 16, 16)]
 ADAPTIVE_SHAPES = [(32, 512, 4, 4), (32, 256, 8, 8)]
 
 
-def _step(pool, x, grad):
-    def run():
-        x.grad = None
-        pool(x).backward(grad)
-    return run
-
-
 def _case(name, make, shape, memory_format):
     x = torch.randn(shape).to(memory_format=memory_format).requires_grad_()
     ours, builtin = make(mF), make(F)
     grad = torch.randn_like(builtin(x))
-    return Case("pool", f"{name} {tuple(shape)}", _step(ours, x, grad), _step(builtin, x, grad))
+    return Case("pool", f"{name} {tuple(shape)}", forward_backward(lambda: ours(x), (x,), grad),
+                forward_backward(lambda: builtin(x), (x,), grad))
 
 
 def cases(memory_format=torch.contiguous_format):

@@ -1,0 +1,34 @@
+"""The benchmark harness runs and reports (no timing is asserted: speed is never a test)."""
+import json
+
+import pytest
+import torch
+
+from manual_ops import bench
+
+
+def test_run_reports_every_case_with_ratios_as_json():
+    lines = []
+    results = bench.run(["pool"], reps=1, warmup=0, as_json=True, log=lines.append)
+    report = json.loads(lines[-1])
+    assert [r["name"] for r in report["results"]] == [r.name for r in results] and results
+    assert all(r.ours_ms > 0 and r.builtin_ms > 0 and r.ratio == r.ours_ms / r.builtin_ms for r in results)
+    assert report["geomean"]["pool"] == pytest.approx(bench.geomean(r.ratio for r in results))
+
+
+def test_forward_backward_clears_grads_between_runs():
+    x = torch.ones(3, requires_grad=True)
+    step = bench.forward_backward(lambda: x * 2, (x,), torch.ones(3))
+    step()
+    step()
+    assert torch.equal(x.grad, torch.full((3,), 2.0))  # not accumulated to 4
+
+
+def test_peak_memory_sees_the_allocations():
+    n = 1 << 20
+    assert bench.peak_memory(lambda: torch.empty(n, dtype=torch.float32) + 1) >= 2 * 4 * n
+
+
+def test_unknown_family_is_rejected():
+    with pytest.raises(ValueError, match=r"unknown benchmark family \['nope'\]"):
+        bench.run(["nope"])
