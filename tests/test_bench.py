@@ -14,6 +14,7 @@ def test_run_reports_every_case_with_ratios_as_json():
     assert [r["name"] for r in report["results"]] == [r.name for r in results] and results
     assert all(r.ours_ms > 0 and r.builtin_ms > 0 and r.ratio == r.ours_ms / r.builtin_ms for r in results)
     assert report["geomean"]["pool"] == pytest.approx(bench.geomean(r.ratio for r in results))
+    assert torch.tensor(1e-40).item() != 0.0  # flushing denormals ended with the run
 
 
 def test_forward_backward_clears_grads_between_runs():

@@ -116,20 +116,27 @@ def format_table(results: list[Result]) -> str:
 
 
 def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, log=print) -> list[Result]:
-    """Runs the named families (all by default) and prints a table, or JSON with ``as_json``."""
-    torch.set_flush_denormal(True)
+    """Runs the named families (all by default) and prints a table, or JSON with ``as_json``.
+
+    Denormals are flushed to zero while it measures and not afterwards (torch's default).
+    """
     families = list(families or FAMILIES)
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
-    results = []
-    for family in families:
-        module = importlib.import_module(f"{__name__}.{FAMILIES[family]}")
-        for case in module.cases():
-            results.append(measure(case, reps=reps, warmup=warmup))
-            if not as_json:
-                r = results[-1]
-                log(f"  {r.family}: {r.name}: ours {r.ours_ms:.3f} ms, built-in {r.builtin_ms:.3f} ms, ratio {r.ratio:.2f}")
+    torch.set_flush_denormal(True)
+    try:
+        results = []
+        for family in families:
+            module = importlib.import_module(f"{__name__}.{FAMILIES[family]}")
+            for case in module.cases():
+                results.append(measure(case, reps=reps, warmup=warmup))
+                if not as_json:
+                    r = results[-1]
+                    log(f"  {r.family}: {r.name}: ours {r.ours_ms:.3f} ms, built-in {r.builtin_ms:.3f} ms,"
+                        f" ratio {r.ratio:.2f}")
+    finally:
+        torch.set_flush_denormal(False)
     if as_json:
         log(json.dumps({
             "torch": torch.__version__, "threads": torch.get_num_threads(), "statistic": "median",
