@@ -370,7 +370,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
     std::vector<scalar_t> a(C), b(C), mu(C), k(C);
     for (int64_t c = 0; c < C; ++c) {
       const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, invstd[c], gamma[c]);
-      acc_t dgamma = invstd[c] * sum_dy_xmu[c], dbeta = sum_dy[c];
+      // No values (N = 0): the sums are empty, and so is dgamma, whatever the (NaN) invstd of no values.
+      acc_t dgamma = g.M() == 0 ? acc_t(0) : invstd[c] * sum_dy_xmu[c], dbeta = sum_dy[c];
       acc_t ac = gamma[c] * invstd[c], bc = 0, kc = 0;
       if (training) {  // dx = ac*delta + bc*(x - mu) - ac*sum delta/M
         bc = -ac * invstd[c] * invstd[c] * sum_dy_xmu[c] / M;

@@ -51,6 +51,9 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   TORCH_CHECK(padded_h >= ext_h && padded_w >= ext_w, op, ": calculated padded input size per channel: (",
               padded_h, " x ", padded_w, "). Kernel size (dilated): (", ext_h, " x ", ext_w,
               "). Kernel size can't be greater than actual input size");
+  // torch's rule for empty inputs: a zero batch or zero channels, nothing else.
+  TORCH_CHECK(input.numel() > 0 || G.N == 0 || G.C == 0,
+              "Only zero batch or zero channel inputs are supported, but got input shape: ", input.sizes());
   G.OH = (padded_h - ext_h) / G.sh + 1;
   G.OW = (padded_w - ext_w) / G.sw + 1;
   return G;
@@ -131,9 +134,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
   }
 
   const bool channels_last_out = is_channels_last(input) || is_channels_last(weight);
-  Tensor out = at::empty({G.N, G.Cout, G.OH, G.OW},
+  Tensor out = at::empty({G.N, G.out_channels(), G.OH, G.OW},
                          input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                          : at::MemoryFormat::Contiguous));
+  if (out.numel() == 0) return out;
   const Tensor w_rows = weight_rows(weight, G);
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B}, y{out, B};
@@ -170,19 +174,20 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   const char* op = "conv2d_backward";
   at::AutoDispatchBelowADInplaceOrView guard;
   const ConvGeometry G = conv_geometry(op, input, weight, stride, padding, dilation, groups);
-  const std::array<int64_t, 4> out_size{G.N, G.Cout, G.OH, G.OW};
+  const std::array<int64_t, 4> out_size{G.N, G.out_channels(), G.OH, G.OW};
   TORCH_CHECK(grad_output.sizes() == IntArrayRef(out_size), op, ": expected grad_output of size ", IntArrayRef(out_size),
               ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
 
   Tensor grad_input, grad_weight, grad_bias;
-  if (output_mask[2]) grad_bias = grad_output.sum({0, 2, 3});
+  if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
   const Tensor w_rows = weight_rows(weight, G);
   if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options());
   Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
+  if (input.numel() == 0) return {grad_input, grad_weight, grad_bias};
 
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
   NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};

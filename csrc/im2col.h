@@ -23,6 +23,8 @@ struct ConvGeometry {
   int64_t dh, dw;         // dilation
   int64_t groups;
 
+  // torch's rule: zero input channels give zero output channels (whatever the weight's Cout).
+  int64_t out_channels() const { return C == 0 ? 0 : Cout; }
   int64_t Cg() const { return C / groups; }
   int64_t Coutg() const { return Cout / groups; }
   int64_t L() const { return OH * OW; }

@@ -19,8 +19,11 @@ void check_linear(const char* op, const Tensor& input, const Tensor& weight) {
               input.sizes());
 }
 
-// The (M, in_features) row matrix of an input of size (*, in_features).
-Tensor rows(const Tensor& t) { return t.reshape({-1, t.size(-1)}); }
+// The (M, in_features) row matrix of an input of size (*, in_features); M is the product of the
+// leading sizes (spelled out: with in_features = 0, reshape could not infer it).
+Tensor rows(const Tensor& t) {
+  return t.reshape({c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)), t.size(-1)});
+}
 
 std::vector<int64_t> output_size(const Tensor& input, const Tensor& weight) {
   std::vector<int64_t> out = input.sizes().vec();

@@ -1,7 +1,19 @@
 // The manual_ops operator library: every schema lives here; each op family's
-// file registers its CPU kernels with TORCH_LIBRARY_IMPL.
+// file registers its CPU kernels with TORCH_LIBRARY_IMPL. The meta device is served by the
+// fake kernels in manual_ops/ops; every other device gets reject_device (below).
 #include <Python.h>
+#include <ATen/core/dispatch/Dispatcher.h>
 #include <torch/library.h>
+
+#include <string>
+
+// The torch this library was compiled against (setup.py passes torch.__version__), as a marker
+// that manual_ops/_extension.py finds in this file's bytes before loading it: a library built
+// for another torch may not even load, so the check cannot wait for the import.
+#define MANUAL_OPS_STRINGIFY_(x) #x
+#define MANUAL_OPS_STRINGIFY(x) MANUAL_OPS_STRINGIFY_(x)
+extern "C" __attribute__((used, visibility("default"))) const char manual_ops_built_with_torch[] =
+    "manual_ops-built-with-torch:" MANUAL_OPS_STRINGIFY(MANUAL_OPS_BUILT_WITH_TORCH) ";";
 
 // `import manual_ops._C` loads this shared library, which runs the registrations.
 extern "C" PyObject* PyInit__C(void) {
@@ -62,3 +74,47 @@ TORCH_LIBRARY(manual_ops, m) {
       "cross_entropy_backward(Tensor grad_output, Tensor input, Tensor target, Tensor? weight, Tensor lse, "
       "str reduction, int ignore_index, float label_smoothing, bool[2] output_mask) -> (Tensor, Tensor)");
 }
+
+namespace {
+
+// The device of the first tensor among an op's arguments (tensors, optional tensors, lists).
+std::string device_of(c10::ArrayRef<c10::IValue> args) {
+  for (const c10::IValue& v : args) {
+    if (v.isTensor() && v.toTensor().defined()) return v.toTensor().device().str();
+    if (v.isTensorList()) {
+      for (const at::Tensor& t : v.toTensorVector()) if (t.defined()) return t.device().str();
+    }
+  }
+  return "unknown";
+}
+
+// Every manual_ops operator on a device we have no kernels for: NotImplementedError naming the
+// op, the device and what is supported, instead of the dispatcher's "could not run ... with
+// arguments from the 'CUDA' backend".
+void reject_device(const c10::OperatorHandle& op, torch::jit::Stack* stack) {
+  TORCH_CHECK_NOT_IMPLEMENTED(false, op.operator_name().name, ": manual_ops has no kernel for device '",
+                              device_of(torch::jit::last(*stack, op.schema().arguments().size())),
+                              "'; its kernels run on the CPU (and the meta device traces shapes). Move the "
+                              "tensors to the CPU, or use torch's built-in layers on that device.");
+}
+
+// All operators defined above (the TORCH_LIBRARY block runs first: same file, earlier).
+void reject_all(torch::Library& m) {
+  for (const c10::OperatorName& name : c10::Dispatcher::singleton().getAllOpNames()) {
+    if (name.name.rfind("manual_ops::", 0) == 0) {
+      m.impl(name.name.c_str(), torch::CppFunction::makeFromBoxedFunction<&reject_device>());
+    }
+  }
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(manual_ops, CUDA, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, HIP, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, MPS, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, XPU, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, XLA, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, Lazy, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, HPU, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, MTIA, m) { reject_all(m); }
+TORCH_LIBRARY_IMPL(manual_ops, PrivateUse1, m) { reject_all(m); }

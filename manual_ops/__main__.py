@@ -2,6 +2,9 @@
 import argparse
 import sys
 
+# The modules of the `train` extra (setup.py), which the rest of the package does not need.
+TRAIN_EXTRAS = ("numpy", "tqdm", "matplotlib", "sklearn")
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m manual_ops", description=__doc__)
@@ -33,6 +36,12 @@ def main(argv=None) -> int:
             run_training(args)
         except UsageError as e:
             print(f"error: {e}", file=sys.stderr)
+            return 2
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in TRAIN_EXTRAS:
+                raise
+            print(f"error: the train command needs {e.name}, one of its extras: pip install 'manual_ops[train]'",
+                  file=sys.stderr)
             return 2
         except KeyboardInterrupt:
             print(f"\ninterrupted; the last checkpoint ({args.out}/{CHECKPOINT}) is intact: continue with --resume",

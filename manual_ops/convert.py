@@ -58,14 +58,38 @@ def _swap(model, replace):
     return model
 
 
+# Where manual_ops has kernels: the CPU, and the meta device (shapes only, through the fake kernels).
+SUPPORTED_DEVICES = ("cpu", "meta")
+
+
+def _check_devices(model: nn.Module) -> None:
+    """NotImplementedError, before anything is changed, if a layer that convert() would replace holds
+    a parameter or buffer on a device that manual_ops has no kernels for."""
+    for name, module in model.named_modules():
+        if type(module) not in TO_MANUAL:
+            continue
+        for tensor_name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
+            if t is not None and t.device.type not in SUPPORTED_DEVICES:
+                layer = f"{name}.{tensor_name}" if name else tensor_name
+                raise NotImplementedError(
+                    f"convert: {layer} ({type(module).__name__}) is on device '{t.device}', but manual_ops' "
+                    f"kernels run only on {' and '.join(SUPPORTED_DEVICES)}; move the model to the CPU first "
+                    f"(model.cpu()), or keep torch's built-in layers on that device"
+                )
+
+
 def convert(model: nn.Module, *, clamped_beta: float | None = None) -> nn.Module:
     """Replaces, in place, every built-in layer of a kind manual_ops provides (exact type match) by
     manual_ops' version, and returns the model (a new object only when the root itself is converted).
 
     Args:
-        model: any ``torch.nn.Module``.
+        model: any ``torch.nn.Module``, on the CPU (or the meta device).
         clamped_beta: if given, batch norms become ``ClampedBatchNorm2d(beta_floor=clamped_beta)``.
+
+    Raises:
+        NotImplementedError: a layer to convert is on another device (cuda, mps, ...); nothing is changed.
     """
+    _check_devices(model)
 
     def replace(module):
         if clamped_beta is not None and type(module) is nn.BatchNorm2d:

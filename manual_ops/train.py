@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from . import data as data_module
 from . import models
 from . import nn as mnn
 from .convert import convert
@@ -169,6 +168,8 @@ def train(args, log=None):
     """Runs the side-by-side training described by the parsed ``args``; returns the summary dict.
     Lines go to ``log`` (default: ``tqdm.write``, which keeps the progress bars intact)."""
     from tqdm import tqdm
+
+    from . import data as data_module  # numpy: an extra of the train command, as tqdm is
 
     log = log or tqdm.write
     if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):

@@ -66,6 +66,10 @@ class BatchNormFunction(torch.autograd.Function):
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
            beta_floor=None, floor_scale="sigma"):
     """BatchNormFunction.apply, returning only the output (the saved statistics are internal)."""
+    if input.dim() == 1 and input.numel() == 0:
+        # As torch: an empty 1-D input is a batch of no samples of no channels.
+        return _apply(input.view(0, 0), running_mean, running_var, weight, bias, training, momentum, eps,
+                      num_batches_tracked, beta_floor, floor_scale).view(0)
     return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
                                    momentum, eps, beta_floor, floor_scale)[0]
 

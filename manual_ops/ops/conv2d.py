@@ -20,7 +20,8 @@ def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
     oh, ow = _output_hw(input, weight, stride, padding, dilation)
     channels_last = memory_format_of(input) == torch.channels_last or memory_format_of(weight) == torch.channels_last
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    return torch.empty((input.shape[0], weight.shape[0], oh, ow), dtype=input.dtype, device=input.device,
+    out_channels = 0 if input.shape[1] == 0 else weight.shape[0]  # torch's rule, as ConvGeometry::out_channels
+    return torch.empty((input.shape[0], out_channels, oh, ow), dtype=input.dtype, device=input.device,
                        memory_format=fmt)
 
 
