@@ -303,6 +303,8 @@ def _train(args, log, procs):
             if epoch == 0 and i == 0:
                 first_step = grad_differences(runs["built-in"].net, runs["manual"].net)
                 log("first step, largest |grad built-in - grad manual| per layer type (largest |grad| for scale):")
+                if args.sync_bn and procs.world_size > 1 and builtin_bn == "torch.nn.BatchNorm2d":
+                    log("  (the built-in batch norms use per-process statistics, the manual ones global: they differ)")
                 for kind, d in first_step.items():
                     log(f"  {kind:<20} {d['max_abs_diff']:.3e}   (|grad| up to {d['max_abs_grad']:.3e})")
             bar.set_postfix({label: f"{t['loss'] / seen:.3f}" for label, t in totals.items()})
