@@ -18,6 +18,13 @@ def module_args(module):
             counter)
 
 
+def local_forward(module, input):
+    """A manual_ops batch-norm module's call on this process's batch alone (no synchronisation)."""
+    bn_training, running_mean, running_var, counter = module_args(module)
+    return _apply(input, running_mean, running_var, module.weight, module.bias, bn_training, module.momentum,
+                  module.eps, counter, *module._floor())
+
+
 class BatchNorm2d(nn.BatchNorm2d):
     """:class:`torch.nn.BatchNorm2d` whose forward and backward are manual_ops' hand-written kernels.
 
@@ -32,9 +39,7 @@ class BatchNorm2d(nn.BatchNorm2d):
 
     def forward(self, input):
         self._check_input_dim(input)
-        bn_training, running_mean, running_var, counter = module_args(self)
-        return _apply(input, running_mean, running_var, self.weight, self.bias, bn_training, self.momentum, self.eps,
-                      counter, *self._floor())
+        return local_forward(self, input)
 
 
 class ClampedShift:

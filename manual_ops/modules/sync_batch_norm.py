@@ -1,9 +1,8 @@
 """SyncBatchNorm as a drop-in for torch.nn.SyncBatchNorm (any backend, CPU included), and its clamped variant."""
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from ..ops.batch_norm import _apply
 from ..ops.sync_batch_norm import SyncBatchNormFunction, sync_group
-from .batch_norm import ClampedShift, module_args
+from .batch_norm import ClampedShift, local_forward, module_args
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -46,11 +45,10 @@ class SyncBatchNorm(_BatchNorm):
         self._check_input_dim(input)
         if input.size(1) == 0:
             raise ValueError("SyncBatchNorm number of input channels should be non-zero")
-        bn_training, running_mean, running_var, counter = module_args(self)
-        group = sync_group(self.process_group) if bn_training and self.training else None
+        group = sync_group(self.process_group) if self.training else None  # eval: torch never synchronises
         if group is None:
-            return _apply(input, running_mean, running_var, self.weight, self.bias, bn_training, self.momentum,
-                          self.eps, counter, *self._floor())
+            return local_forward(self, input)
+        _, running_mean, running_var, counter = module_args(self)
         return SyncBatchNormFunction.apply(input, self.weight, self.bias, running_mean, running_var, counter,
                                            self.momentum, self.eps, *self._floor(), group)
 

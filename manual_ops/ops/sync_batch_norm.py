@@ -11,8 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of
-from .batch_norm import _apply
+from .batch_norm import _apply, _batch_norm_backward_fake
 
 _ops = torch.ops.manual_ops
 
@@ -31,10 +30,8 @@ def _batch_norm_backward_reduce_fake(grad_output, input, mean, invstd):
 @torch.library.register_fake("manual_ops::sync_batch_norm_backward")
 def _sync_batch_norm_backward_fake(grad_output, input, weight, bias, mean, invstd, local_sums, global_sums, count,
                                    beta_floor, floor_scale, output_mask):
-    grad_input = torch.empty_like(input, memory_format=memory_format_of(input)) if output_mask[0] else None
-    grad_weight = input.new_empty((input.shape[1],)) if output_mask[1] else None
-    grad_bias = input.new_empty((input.shape[1],)) if output_mask[2] else None
-    return grad_input, grad_weight, grad_bias
+    return _batch_norm_backward_fake(grad_output, input, weight, bias, mean, invstd, True, beta_floor, floor_scale,
+                                     output_mask)
 
 
 def combine_stats(counts, means, m2s):
