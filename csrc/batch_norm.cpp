@@ -180,6 +180,63 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
                    });
 }
 
+// Per channel c over its M values: K[c] = the channel's first value, S1 = sum (x - K), S2 = sum (x - K)^2
+// (shifted by K so that S2 - S1^2/M does not cancel when |mean| >> sigma). M must be positive.
+template <typename scalar_t, typename acc_t>
+void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& K, std::vector<acc_t>& S1,
+                     std::vector<acc_t>& S2) {
+  const int64_t C = g.C;
+  K.assign(C, 0);
+  for (int64_t c = 0; c < C; ++c) K[c] = xp[g.nlc ? c : c * g.L];
+  channel_sums<acc_t>(
+      g,
+      [&](int64_t r, acc_t* s1, acc_t* s2) {
+        if (!g.nlc) {
+          const int64_t c = r % C;
+          add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+          return;
+        }
+        const scalar_t* row = xp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = acc_t(row[c]) - K[c];
+          s1[c] += d;
+          s2[c] += d * d;
+        }
+      },
+      S1, S2);
+}
+
+// Per channel: S1 = sum delta, S2 = sum delta * (x - mean[c]), the backward's sums.
+template <typename scalar_t, typename acc_t>
+void grad_sums(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const std::vector<acc_t>& mean,
+               std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  const int64_t C = g.C;
+  channel_sums<acc_t>(
+      g,
+      [&](int64_t r, acc_t* s1, acc_t* s2) {
+        if (!g.nlc) {
+          const int64_t c = r % C;
+          add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+          return;
+        }
+        const scalar_t *d = dyp + r * C, *p = xp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          s1[c] += acc_t(d[c]);
+          s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
+        }
+      },
+      S1, S2);
+}
+
+// The backward ops' input and grad_output: (N, C, *), floating, the same sizes and dtype.
+void check_backward_inputs(const char* op, const Tensor& grad_output, const Tensor& input) {
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
+  check_floating(op, "input", input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
+              ", but got grad_output of size ", grad_output.sizes());
+  check_same_dtype(op, "input", input, "grad_output", grad_output);
+}
+
 void check_forward(const char* op, const Tensor& input, const std::optional<Tensor>& weight,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
                    const std::optional<Tensor>& running_var, const std::optional<Tensor>& num_batches_tracked,
@@ -241,25 +298,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
     const int64_t C = g.C, M = g.M();
     std::vector<acc_t> mean(C), var(C);
     if (training) {
-      // Shift by the channel's first value, so that sum d^2 - (sum d)^2/M does not cancel.
-      std::vector<acc_t> K(C, 0), S1, S2;
-      for (int64_t c = 0; c < C && M > 0; ++c) K[c] = xp[g.nlc ? c : c * g.L];
-      channel_sums<acc_t>(
-          g,
-          [&](int64_t r, acc_t* s1, acc_t* s2) {
-            if (!g.nlc) {
-              const int64_t c = r % C;
-              add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
-              return;
-            }
-            const scalar_t* row = xp + r * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t d = acc_t(row[c]) - K[c];
-              s1[c] += d;
-              s2[c] += d * d;
-            }
-          },
-          S1, S2);
+      std::vector<acc_t> K(C, 0), S1(C, 0), S2(C, 0);
+      if (M > 0) shifted_moments(g, xp, K, S1, S2);
       for (int64_t c = 0; c < C; ++c) {
         const acc_t m1 = S1[c] / acc_t(M), v = S2[c] / acc_t(M) - m1 * m1;
         mean[c] = K[c] + m1;
@@ -318,11 +358,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
                                                        std::optional<double> beta_floor, c10::string_view floor_scale,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "batch_norm_backward";
-  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
-  check_floating(op, "input", input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
-              ", but got grad_output of size ", grad_output.sizes());
-  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  check_backward_inputs(op, grad_output, input);
   check_per_channel(op, "weight", weight, input);
   check_per_channel(op, "bias", bias, input);
   check_per_channel(op, "save_mean", save_mean, input);
@@ -349,23 +385,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
     const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
 
     std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
-    if (need_sums) {
-      channel_sums<acc_t>(
-          g,
-          [&](int64_t r, acc_t* s1, acc_t* s2) {
-            if (!g.nlc) {
-              const int64_t c = r % C;
-              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
-              return;
-            }
-            const scalar_t *d = dyp + r * C, *p = xp + r * C;
-            for (int64_t c = 0; c < C; ++c) {
-              s1[c] += acc_t(d[c]);
-              s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
-            }
-          },
-          sum_dy, sum_dy_xmu);
-    }
+    if (need_sums) grad_sums(g, dyp, xp, mean, sum_dy, sum_dy_xmu);
 
     std::vector<scalar_t> a(C), b(C), mu(C), k(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -421,29 +441,11 @@ Tensor batch_norm_stats(const Tensor& input) {
   if (g.M() == 0) return stats;
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_stats", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const int64_t C = g.C;
-    std::vector<acc_t> K(C), S1, S2;
-    for (int64_t c = 0; c < C; ++c) K[c] = xp[g.nlc ? c : c * g.L];
-    channel_sums<acc_t>(
-        g,
-        [&](int64_t r, acc_t* s1, acc_t* s2) {
-          if (!g.nlc) {
-            const int64_t c = r % C;
-            add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
-            return;
-          }
-          const scalar_t* row = xp + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            const acc_t d = acc_t(row[c]) - K[c];
-            s1[c] += d;
-            s2[c] += d * d;
-          }
-        },
-        S1, S2);
+    std::vector<acc_t> K, S1, S2;
+    shifted_moments(g, x.const_data_ptr<scalar_t>(), K, S1, S2);
     const acc_t M = acc_t(g.M());
     auto out = stats.accessor<double, 2>();
-    for (int64_t c = 0; c < C; ++c) {
+    for (int64_t c = 0; c < g.C; ++c) {
       const acc_t m2 = S2[c] - S1[c] * S1[c] / M;
       out[0][c] = double(K[c] + S1[c] / M);
       out[1][c] = m2 < 0 ? 0.0 : double(m2);  // rounding can take it just below 0; NaN stays NaN
@@ -458,11 +460,7 @@ Tensor batch_norm_stats(const Tensor& input) {
 Tensor batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input, const Tensor& mean,
                                   const Tensor& invstd) {
   const char* op = "batch_norm_backward_reduce";
-  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
-  check_floating(op, "input", input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
-              ", but got grad_output of size ", grad_output.sizes());
-  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  check_backward_inputs(op, grad_output, input);
   check_per_channel(op, "mean", mean, input);
   check_per_channel(op, "invstd", invstd, input);
   const Geometry g = geometry_of(input);
@@ -473,26 +471,10 @@ Tensor batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input
   AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward_reduce", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
     const int64_t C = g.C;
-    const scalar_t* xp = x.const_data_ptr<scalar_t>();
-    const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const std::vector<acc_t> mu = per_channel<scalar_t, acc_t>(mean, C, 0);
     const std::vector<acc_t> is = per_channel<scalar_t, acc_t>(invstd, C, 0);
     std::vector<acc_t> sum_dy, sum_dy_xmu;
-    channel_sums<acc_t>(
-        g,
-        [&](int64_t r, acc_t* s1, acc_t* s2) {
-          if (!g.nlc) {
-            const int64_t c = r % C;
-            add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mu[c]), s1[c], s2[c]);
-            return;
-          }
-          const scalar_t *d = dyp + r * C, *p = xp + r * C;
-          for (int64_t c = 0; c < C; ++c) {
-            s1[c] += acc_t(d[c]);
-            s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mu[c]);
-          }
-        },
-        sum_dy, sum_dy_xmu);
+    grad_sums(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), per_channel<scalar_t, acc_t>(mean, C, 0),
+              sum_dy, sum_dy_xmu);
     auto out = sums.accessor<double, 2>();
     for (int64_t c = 0; c < C; ++c) out[0][c] = double(sum_dy[c]), out[1][c] = double(is[c] * sum_dy_xmu[c]);
   });
@@ -513,11 +495,7 @@ std::tuple<Tensor, Tensor, Tensor> sync_batch_norm_backward(
     const Tensor& global_sums, int64_t count, std::optional<double> beta_floor, c10::string_view floor_scale,
     std::array<bool, 3> output_mask) {
   const char* op = "sync_batch_norm_backward";
-  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
-  check_floating(op, "input", input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
-              ", but got grad_output of size ", grad_output.sizes());
-  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  check_backward_inputs(op, grad_output, input);
   check_per_channel(op, "weight", weight, input);
   check_per_channel(op, "bias", bias, input);
   check_per_channel(op, "mean", mean, input);
