@@ -68,6 +68,7 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys)
     models.build("resnet-small", 1, 10, 8).load_state_dict(ckpt["runs"]["manual"]["model"], strict=True)
 
 
+@pytest.mark.slow  # two torchrun processes: ~20 s on 2 cores
 def test_torchrun_two_processes_with_sync_bn_train_as_one(tmp_path):
     """DDP over 2 gloo processes on loopback: rank 0 alone prints and writes; with --sync-bn the manual
     network's run is the single-process run (same global batches, global batch-norm statistics)."""
