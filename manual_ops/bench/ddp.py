@@ -7,8 +7,9 @@ Run alone (one process) or under torchrun::
 
 The global batch (``--batch``) is split over the processes. Rank 0 prints one JSON line: steps/s,
 images/s, the median step time, and per step the time blocked in SyncBatchNorm's collectives
-(on the critical path) and the time DDP's gradient all-reduces were in flight (they overlap the
-backward). Timed with ``time.perf_counter`` around every step after a warm-up.
+(on the critical path, including any wait for a slower rank) and the time DDP's gradient
+all-reduces were in flight (they overlap the backward); then the time of one layer's pair of
+SyncBatchNorm collectives with the ranks aligned by a barrier (the communication alone). Timed with ``time.perf_counter`` around every step after a warm-up.
 """
 import argparse
 import json
@@ -83,6 +84,17 @@ def main(argv=None):
                 times.append(time.perf_counter() - t0)
                 blocked.append(gather.seconds + all_reduce.seconds - b0)
                 flying.append(in_flight[0] - f0)
+        # One layer's pair of collectives (all_gather of 2C + 1, all_reduce of 2C float64 numbers, C = 64) with
+        # the ranks lined up by a barrier first: the cost of the communication itself, without waiting for a
+        # slower rank.
+        pair = []
+        for _ in range(30 if world > 1 else 0):
+            dist.barrier()
+            t0 = time.perf_counter()
+            originals[0]([torch.empty(129, dtype=torch.float64) for _ in range(world)],
+                         torch.zeros(129, dtype=torch.float64))
+            originals[1](torch.zeros(2, 64, dtype=torch.float64))
+            pair.append(time.perf_counter() - t0)
         if rank == 0:
             step_s = statistics.median(times)
             print(json.dumps({
@@ -90,7 +102,9 @@ def main(argv=None):
                 "global_batch": args.batch, "steps_per_s": round(1 / step_s, 3),
                 "images_per_s": round(args.batch / step_s, 1), "step_ms": round(1e3 * step_s, 1),
                 "syncbn_collectives_ms": round(1e3 * statistics.median(blocked), 2),
-                "ddp_allreduce_in_flight_ms": round(1e3 * statistics.median(flying), 2)}))
+                "ddp_allreduce_in_flight_ms": round(1e3 * statistics.median(flying), 2),
+                "batch_norm_layers": sum(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()),
+                "collective_pair_ms": round(1e3 * statistics.median(pair), 3) if pair else 0.0}))
     finally:
         sync_batch_norm.dist.all_gather, sync_batch_norm.dist.all_reduce = originals
         if distributed:
