@@ -180,6 +180,63 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
                    });
 }
 
+// Per channel c over its M values: K[c] = the channel's first value, S1 = sum (x - K), S2 = sum (x - K)^2
+// (shifted by K so that S2 - S1^2/M does not cancel when |mean| >> sigma). M must be positive.
+template <typename scalar_t, typename acc_t>
+void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& K, std::vector<acc_t>& S1,
+                     std::vector<acc_t>& S2) {
+  const int64_t C = g.C;
+  K.assign(C, 0);
+  for (int64_t c = 0; c < C; ++c) K[c] = xp[g.nlc ? c : c * g.L];
+  channel_sums<acc_t>(
+      g,
+      [&](int64_t r, acc_t* s1, acc_t* s2) {
+        if (!g.nlc) {
+          const int64_t c = r % C;
+          add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+          return;
+        }
+        const scalar_t* row = xp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          const acc_t d = acc_t(row[c]) - K[c];
+          s1[c] += d;
+          s2[c] += d * d;
+        }
+      },
+      S1, S2);
+}
+
+// Per channel: S1 = sum delta, S2 = sum delta * (x - mean[c]), the backward's sums.
+template <typename scalar_t, typename acc_t>
+void grad_sums(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const std::vector<acc_t>& mean,
+               std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  const int64_t C = g.C;
+  channel_sums<acc_t>(
+      g,
+      [&](int64_t r, acc_t* s1, acc_t* s2) {
+        if (!g.nlc) {
+          const int64_t c = r % C;
+          add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+          return;
+        }
+        const scalar_t *d = dyp + r * C, *p = xp + r * C;
+        for (int64_t c = 0; c < C; ++c) {
+          s1[c] += acc_t(d[c]);
+          s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
+        }
+      },
+      S1, S2);
+}
+
+// The backward ops' input and grad_output: (N, C, *), floating, the same sizes and dtype.
+void check_backward_inputs(const char* op, const Tensor& grad_output, const Tensor& input) {
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
+  check_floating(op, "input", input);
+  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
+              ", but got grad_output of size ", grad_output.sizes());
+  check_same_dtype(op, "input", input, "grad_output", grad_output);
+}
+
 void check_forward(const char* op, const Tensor& input, const std::optional<Tensor>& weight,
                    const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
                    const std::optional<Tensor>& running_var, const std::optional<Tensor>& num_batches_tracked,
@@ -241,25 +298,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
     const int64_t C = g.C, M = g.M();
     std::vector<acc_t> mean(C), var(C);
     if (training) {
-      // Shift by the channel's first value, so that sum d^2 - (sum d)^2/M does not cancel.
-      std::vector<acc_t> K(C, 0), S1, S2;
-      for (int64_t c = 0; c < C && M > 0; ++c) K[c] = xp[g.nlc ? c : c * g.L];
-      channel_sums<acc_t>(
-          g,
-          [&](int64_t r, acc_t* s1, acc_t* s2) {
-            if (!g.nlc) {
-              const int64_t c = r % C;
-              add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
-              return;
-            }
-            const scalar_t* row = xp + r * C;
-            for (int64_t c = 0; c < C; ++c) {
-              const acc_t d = acc_t(row[c]) - K[c];
-              s1[c] += d;
-              s2[c] += d * d;
-            }
-          },
-          S1, S2);
+      std::vector<acc_t> K(C, 0), S1(C, 0), S2(C, 0);
+      if (M > 0) shifted_moments(g, xp, K, S1, S2);
       for (int64_t c = 0; c < C; ++c) {
         const acc_t m1 = S1[c] / acc_t(M), v = S2[c] / acc_t(M) - m1 * m1;
         mean[c] = K[c] + m1;
@@ -318,11 +358,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
                                                        std::optional<double> beta_floor, c10::string_view floor_scale,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "batch_norm_backward";
-  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
-  check_floating(op, "input", input);
-  TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
-              ", but got grad_output of size ", grad_output.sizes());
-  check_same_dtype(op, "input", input, "grad_output", grad_output);
+  check_backward_inputs(op, grad_output, input);
   check_per_channel(op, "weight", weight, input);
   check_per_channel(op, "bias", bias, input);
   check_per_channel(op, "save_mean", save_mean, input);
@@ -349,23 +385,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
     const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
 
     std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
-    if (need_sums) {
-      channel_sums<acc_t>(
-          g,
-          [&](int64_t r, acc_t* s1, acc_t* s2) {
-            if (!g.nlc) {
-              const int64_t c = r % C;
-              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
-              return;
-            }
-            const scalar_t *d = dyp + r * C, *p = xp + r * C;
-            for (int64_t c = 0; c < C; ++c) {
-              s1[c] += acc_t(d[c]);
-              s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
-            }
-          },
-          sum_dy, sum_dy_xmu);
-    }
+    if (need_sums) grad_sums(g, dyp, xp, mean, sum_dy, sum_dy_xmu);
 
     std::vector<scalar_t> a(C), b(C), mu(C), k(C);
     for (int64_t c = 0; c < C; ++c) {
@@ -396,11 +416,149 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
   return {grad_input, grad_weight, grad_bias};
 }
 
+// ---------------------------------------------------------------------------------------------
+// Synchronised batch norm (manual_ops/ops/sync_batch_norm.py): the local halves of the forward
+// and backward; the collectives between them run in Python over torch.distributed, and the
+// normalisation itself is batch_norm_forward in eval mode with the global statistics.
+
+void check_sums(const char* op, const char* name, const Tensor& t, int64_t C) {
+  TORCH_CHECK(t.dim() == 2 && t.size(0) == 2 && t.size(1) == C && t.scalar_type() == at::kDouble, op,
+              ": expected ", name, " to be a float64 tensor of size [2, ", C, "], but got one of size ", t.sizes(),
+              " and dtype ", t.scalar_type());
+}
+
+// Per-channel count-free statistics of the local input, over the M values of channel c:
+//   mean = K + S1/M,  m2 = sum (x - mean)^2 = S2 - S1^2/M,
+// from the shifted sums S1 = sum (x - K), S2 = sum (x - K)^2 with K = the channel's first value
+// (so that S2 - S1^2/M does not cancel when |mean| >> sigma). Returns float64 [[mean], [m2]] of
+// size (2, C); both are 0 when M = 0. Ranks combine (M, mean, m2) with Chan's formula.
+Tensor batch_norm_stats(const Tensor& input) {
+  const char* op = "batch_norm_stats";
+  TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
+  check_floating(op, "input", input);
+  const Geometry g = geometry_of(input);
+  const Tensor x = dense(input, input);
+  Tensor stats = at::zeros({2, g.C}, input.options().dtype(at::kDouble));
+  if (g.M() == 0) return stats;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_stats", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    std::vector<acc_t> K, S1, S2;
+    shifted_moments(g, x.const_data_ptr<scalar_t>(), K, S1, S2);
+    const acc_t M = acc_t(g.M());
+    auto out = stats.accessor<double, 2>();
+    for (int64_t c = 0; c < g.C; ++c) {
+      const acc_t m2 = S2[c] - S1[c] * S1[c] / M;
+      out[0][c] = double(K[c] + S1[c] / M);
+      out[1][c] = m2 < 0 ? 0.0 : double(m2);  // rounding can take it just below 0; NaN stays NaN
+    }
+  });
+  return stats;
+}
+
+// The backward's local sums over the M values of channel c, with xhat = (x - mu) * invstd:
+//   [[sum delta], [sum delta * xhat]], float64 of size (2, C). Summed over ranks they are the
+// global sums of synchronised batch norm's dx; on one rank they are also dbeta and dgamma.
+Tensor batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input, const Tensor& mean,
+                                  const Tensor& invstd) {
+  const char* op = "batch_norm_backward_reduce";
+  check_backward_inputs(op, grad_output, input);
+  check_per_channel(op, "mean", mean, input);
+  check_per_channel(op, "invstd", invstd, input);
+  const Geometry g = geometry_of(input);
+  const Tensor x = dense(input, input);
+  const Tensor dy = dense(grad_output, input);
+  Tensor sums = at::zeros({2, g.C}, input.options().dtype(at::kDouble));
+  if (g.M() == 0) return sums;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward_reduce", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const int64_t C = g.C;
+    const std::vector<acc_t> is = per_channel<scalar_t, acc_t>(invstd, C, 0);
+    std::vector<acc_t> sum_dy, sum_dy_xmu;
+    grad_sums(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), per_channel<scalar_t, acc_t>(mean, C, 0),
+              sum_dy, sum_dy_xmu);
+    auto out = sums.accessor<double, 2>();
+    for (int64_t c = 0; c < C; ++c) out[0][c] = double(sum_dy[c]), out[1][c] = double(is[c] * sum_dy_xmu[c]);
+  });
+  return sums;
+}
+
+// Synchronised batch norm's backward from the sums of batch_norm_backward_reduce: the global
+// ones (summed over ranks; M = count values per channel over all ranks) give dx, the local ones
+// this rank's dgamma and dbeta (DDP averages those like every other parameter's gradient):
+//   dx = gamma * invstd * (delta - G[sum delta] / M - xhat * G[sum delta * xhat] / M),
+//   dgamma = sum delta * xhat,  dbeta = sum delta.
+// Clamped channels (beta < -k*s) as in batch_norm_backward: dbeta = 0; s = sigma (the global
+// sigma) adds -k * xhat * G[sum delta] / M to dx; s = |gamma| adds -k * sign(gamma) * sum delta
+// to dgamma. dx is applied as a[c] * delta + b[c] * (x - mu) + k[c] in one pass.
+std::tuple<Tensor, Tensor, Tensor> sync_batch_norm_backward(
+    const Tensor& grad_output, const Tensor& input, const std::optional<Tensor>& weight,
+    const std::optional<Tensor>& bias, const Tensor& mean, const Tensor& invstd, const Tensor& local_sums,
+    const Tensor& global_sums, int64_t count, std::optional<double> beta_floor, c10::string_view floor_scale,
+    std::array<bool, 3> output_mask) {
+  const char* op = "sync_batch_norm_backward";
+  check_backward_inputs(op, grad_output, input);
+  check_per_channel(op, "weight", weight, input);
+  check_per_channel(op, "bias", bias, input);
+  check_per_channel(op, "mean", mean, input);
+  check_per_channel(op, "invstd", invstd, input);
+  check_sums(op, "local_sums", local_sums, input.size(1));
+  check_sums(op, "global_sums", global_sums, input.size(1));
+  const Geometry g = geometry_of(input);
+  TORCH_CHECK_VALUE(count >= g.M(), op, ": count (values per channel over all ranks) must be at least this rank's ",
+                    g.M(), ", but got ", count);
+  const Floor floor = floor_of(op, beta_floor, floor_scale);
+
+  const Tensor x = dense(input, input);
+  const Tensor dy = dense(grad_output, input);
+  Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
+  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options()) : Tensor();
+  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options()) : Tensor();
+
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sync_batch_norm_backward", [&] {
+    using acc_t = at::acc_type<scalar_t, false>;
+    const int64_t C = g.C;
+    const acc_t M = acc_t(count > 0 ? count : 1);  // count = 0: no values, nothing to scale
+    const std::vector<acc_t> mu = per_channel<scalar_t, acc_t>(mean, C, 0);
+    const std::vector<acc_t> is = per_channel<scalar_t, acc_t>(invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+    const auto local = local_sums.accessor<double, 2>();
+    const auto global = global_sums.accessor<double, 2>();
+    std::vector<scalar_t> a(C), b(C), m(C), k(C);
+    for (int64_t c = 0; c < C; ++c) {
+      const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, is[c], gamma[c]);
+      const acc_t g_dy = acc_t(global[0][c]), g_dy_xhat = acc_t(global[1][c]);
+      acc_t dgamma = acc_t(local[1][c]), dbeta = acc_t(local[0][c]);
+      const acc_t ac = gamma[c] * is[c];
+      acc_t bc = -ac * is[c] * g_dy_xhat / M;
+      if (clamped) {
+        dbeta = 0;
+        if (floor.scale == FloorScale::Gamma) {
+          dgamma -= acc_t(floor.k) * acc_t((gamma[c] > 0) - (gamma[c] < 0)) * acc_t(local[0][c]);
+        } else {
+          bc -= acc_t(floor.k) * is[c] * g_dy / M;
+        }
+      }
+      a[c] = scalar_t(ac), b[c] = scalar_t(bc), m[c] = scalar_t(mu[c]), k[c] = scalar_t(-ac * g_dy / M);
+      if (output_mask[1]) grad_weight.mutable_data_ptr<scalar_t>()[c] = scalar_t(dgamma);
+      if (output_mask[2]) grad_bias.mutable_data_ptr<scalar_t>()[c] = scalar_t(dbeta);
+    }
+    if (output_mask[0]) {
+      per_channel_affine<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), a, b, m, k,
+                                   grad_input.mutable_data_ptr<scalar_t>());
+    }
+  });
+  return {grad_input, grad_weight, grad_bias};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
   m.impl("batch_norm_forward", &batch_norm_forward);
   m.impl("batch_norm_backward", &batch_norm_backward);
+  m.impl("batch_norm_stats", &batch_norm_stats);
+  m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce);
+  m.impl("sync_batch_norm_backward", &sync_batch_norm_backward);
 }
 
 }  // namespace manual_ops

@@ -40,6 +40,16 @@ TORCH_LIBRARY(manual_ops, m) {
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
       "Tensor save_invstd, bool training, float? beta_floor, str floor_scale, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // Synchronised batch norm's local steps (the collectives run in Python): batch_norm_stats
+  // returns float64 [[mean], [m2]] of the input per channel (m2 = sum of squared deviations);
+  // batch_norm_backward_reduce float64 [[sum delta], [sum delta * xhat]]; sync_batch_norm_backward
+  // forms dx from the global sums (over count values per channel) and dgamma, dbeta from the local.
+  m.def("batch_norm_stats(Tensor input) -> Tensor");
+  m.def("batch_norm_backward_reduce(Tensor grad_output, Tensor input, Tensor mean, Tensor invstd) -> Tensor");
+  m.def(
+      "sync_batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor mean, "
+      "Tensor invstd, Tensor local_sums, Tensor global_sums, int count, float? beta_floor, str floor_scale, "
+      "bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
 
   // Pooling. Forward and backward are separate ops; the backward ops take the forward's input
   // for its sizes and memory format (the layout of grad_input), as torch's backward ops do.

@@ -5,8 +5,9 @@ from ._extension import load as _load
 _C = _load()
 
 from . import functional, nn  # noqa: E402
-from .convert import convert, converted_modules, revert  # noqa: E402
+from .convert import convert, convert_sync_batchnorm, converted_modules, revert  # noqa: E402
 from .modules.batch_norm import clamp_beta_, register_clamp_beta_hook  # noqa: E402
 
-__all__ = ["clamp_beta_", "convert", "converted_modules", "functional", "nn", "register_clamp_beta_hook", "revert"]
+__all__ = ["clamp_beta_", "convert", "convert_sync_batchnorm", "converted_modules", "functional", "nn",
+           "register_clamp_beta_hook", "revert"]
 __version__ = "0.1.0"

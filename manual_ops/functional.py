@@ -13,6 +13,7 @@ from .ops.pooling import (
     max_pool2d_with_indices,
 )
 from .ops.relu import ReLUFunction, relu
+from .ops.sync_batch_norm import SyncBatchNormFunction, sync_batch_norm
 
 __all__ = [
     "AdaptiveAvgPool2dFunction",
@@ -23,6 +24,7 @@ __all__ = [
     "LinearFunction",
     "MaxPool2dFunction",
     "ReLUFunction",
+    "SyncBatchNormFunction",
     "adaptive_avg_pool2d",
     "avg_pool2d",
     "batch_norm",
@@ -33,4 +35,5 @@ __all__ = [
     "max_pool2d",
     "max_pool2d_with_indices",
     "relu",
+    "sync_batch_norm",
 ]

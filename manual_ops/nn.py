@@ -5,15 +5,18 @@ from .modules.conv import Conv2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
+from .modules.sync_batch_norm import ClampedSyncBatchNorm, SyncBatchNorm
 
 __all__ = [
     "AdaptiveAvgPool2d",
     "AvgPool2d",
     "BatchNorm2d",
     "ClampedBatchNorm2d",
+    "ClampedSyncBatchNorm",
     "Conv2d",
     "CrossEntropyLoss",
     "Linear",
     "MaxPool2d",
     "ReLU",
+    "SyncBatchNorm",
 ]

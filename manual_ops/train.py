@@ -5,6 +5,13 @@ the loss, accuracy and time of each are printed side by side. Outputs in ``--out
 ``curves.png`` (loss and accuracy of both runs), ``summary.json`` and ``checkpoint.pt``
 (written atomically after every epoch; ``--resume`` continues from it). The state_dicts in
 the checkpoint load strictly into the built-in model.
+
+Under ``torchrun --nproc-per-node=N -m manual_ops train``, both networks train with
+DistributedDataParallel (gloo: the networks run on CPU): each process takes its shard of every
+batch of ``--batch-size`` (the global batch, so the batches are those of a single-process run) by a
+DistributedSampler. ``--sync-bn`` synchronises the batch norms over the processes: manual_ops'
+SyncBatchNorm for the manual network, torch's SyncBatchNorm for the built-in one where torch
+supports it (CUDA), else plain BatchNorm2d (per-process statistics). Only rank 0 prints and writes.
 """
 import copy
 import json
@@ -15,7 +22,9 @@ import time
 from dataclasses import dataclass, field
 
 import torch
+import torch.distributed as dist
 from torch import nn
+from torch.utils.data import DistributedSampler
 
 from . import models
 from . import nn as mnn
@@ -40,28 +49,66 @@ def parse_bn(spec: str):
     raise UsageError(f"--bn must be 'plain' or 'clamped:K' with a number K, got {spec!r}")
 
 
-def make_models(name, dataset, seed, clamped_beta=None, dtype=torch.float32):
-    """(built-in model, manual_ops model): the same weights, the second one converted."""
+def make_models(name, dataset, seed, clamped_beta=None, dtype=torch.float32, sync_bn=False):
+    """(built-in model, manual_ops model): the same weights, the second one converted. With ``sync_bn``
+    the manual model's batch norms are manual_ops' SyncBatchNorm; the built-in model keeps torch's
+    BatchNorm2d, since torch's SyncBatchNorm refuses CPU input (see builtin_batch_norm)."""
     torch.manual_seed(seed)
     try:
         builtin = models.build(name, dataset.in_channels, dataset.num_classes, dataset.input_size).to(dtype)
-        manual = convert(copy.deepcopy(builtin), clamped_beta=clamped_beta)
+        manual = convert(copy.deepcopy(builtin), clamped_beta=clamped_beta, sync_bn=sync_bn)
     except ValueError as e:
         raise UsageError(str(e)) from None
     return builtin, manual
+
+
+def builtin_batch_norm(model, sync_bn):
+    """The built-in network's batch norm under ``--sync-bn``: torch's SyncBatchNorm where torch supports it
+    (parameters on CUDA), else BatchNorm2d as it is. Returns (model, the class name used)."""
+    if sync_bn and next(model.parameters()).is_cuda:
+        return nn.SyncBatchNorm.convert_sync_batchnorm(model), "torch.nn.SyncBatchNorm"
+    return model, "torch.nn.BatchNorm2d"
+
+
+class Processes:
+    """The processes of a torchrun launch (its environment variables), or this process alone."""
+
+    def __init__(self):
+        self.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.joined = "WORLD_SIZE" in os.environ and not dist.is_initialized()
+        if self.joined:
+            dist.init_process_group("gloo")  # the networks run on CPU (nccl is for CUDA tensors)
+
+    def wrap(self, model):
+        """The model as trained: DistributedDataParallel over the processes when there are several."""
+        return nn.parallel.DistributedDataParallel(model) if self.world_size > 1 else model
+
+    def sum(self, values):
+        """The elementwise sum of a list of numbers over the processes."""
+        if self.world_size == 1:
+            return list(values)
+        t = torch.tensor(values, dtype=torch.float64)
+        dist.all_reduce(t)
+        return t.tolist()
+
+    def close(self):
+        if self.joined:
+            dist.destroy_process_group()
 
 
 @dataclass
 class Run:
     """One of the two training runs: model, loss, SGD with momentum and a cosine schedule over the epochs."""
 
-    model: nn.Module
+    model: nn.Module  # as trained: the network itself or its DistributedDataParallel wrapper
     loss_fn: nn.Module
     lr: float
     epochs: int
     history: list = field(default_factory=list)
 
     def __post_init__(self):
+        self.net = getattr(self.model, "module", self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.epochs, 1))
 
@@ -76,21 +123,25 @@ class Run:
         return loss.item(), (out.argmax(1) == y).sum().item()
 
     @torch.no_grad()
-    def evaluate(self, x, y, batch_size=500):
-        self.model.eval()
+    def evaluate(self, x, y, procs, batch_size=500):
+        """(loss, accuracy) on (x, y): each process takes every world_size-th example; eval-mode batch
+        norm communicates nothing, so the network runs unwrapped and only the sums cross processes."""
+        self.net.eval()
+        x, y = x[procs.rank::procs.world_size], y[procs.rank::procs.world_size]
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            out = self.model(x[i:i + batch_size])
+            out = self.net(x[i:i + batch_size])
             total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
             correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
-        return total_loss / max(len(x), 1), correct / max(len(x), 1)
+        total_loss, correct, n = procs.sum([total_loss, correct, len(x)])
+        return total_loss / max(n, 1), correct / max(n, 1)
 
     def state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
                 "scheduler": self.scheduler.state_dict(), "history": self.history}
 
     def load(self, state):
-        self.model.load_state_dict(state["model"], strict=True)
+        self.net.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.history = state["history"]
@@ -128,10 +179,14 @@ def save_atomic(obj, path):
         raise
 
 
-def _batches(n, batch_size, seed, epoch):
-    """The epoch's shuffled batches of indices; a function of (seed, epoch) only, so resumed runs see the same order."""
-    g = torch.Generator().manual_seed(seed * 100003 + epoch)
-    return torch.randperm(n, generator=g).split(batch_size)
+def _batches(n, batch_size, seed, epoch, procs):
+    """This process's share of the epoch's shuffled batches of ``batch_size`` indices (a DistributedSampler
+    shard: every world_size-th index of one shuffled order, padded to a multiple of world_size). The order is
+    a function of (seed, epoch) only, so resumed runs, and runs on any number of processes, see the same batches."""
+    sampler = DistributedSampler(range(n), num_replicas=procs.world_size, rank=procs.rank, shuffle=True,
+                                 seed=seed * 100003)
+    sampler.set_epoch(epoch)
+    return torch.tensor(list(sampler), dtype=torch.long).split(batch_size // procs.world_size)
 
 
 def _row(name, h):
@@ -166,14 +221,27 @@ def _plot(runs, path):
 
 def train(args, log=None):
     """Runs the side-by-side training described by the parsed ``args``; returns the summary dict.
-    Lines go to ``log`` (default: ``tqdm.write``, which keeps the progress bars intact)."""
+    Lines go to ``log`` (default: ``tqdm.write``, which keeps the progress bars intact); under torchrun
+    only rank 0 logs and writes files."""
+    procs = Processes()
+    try:
+        return _train(args, log, procs)
+    finally:
+        procs.close()
+
+
+def _train(args, log, procs):
     from tqdm import tqdm
 
     from . import data as data_module  # numpy: an extra of the train command, as tqdm is
 
-    log = log or tqdm.write
+    lead = procs.rank == 0
+    log = (log or tqdm.write) if lead else (lambda line: None)
     if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError("--epochs and --batch-size must be positive integers and --lr a positive number")
+    if args.batch_size % procs.world_size:
+        raise UsageError(f"--batch-size {args.batch_size} (the global batch) must be a multiple of the "
+                         f"{procs.world_size} processes")
     clamped_beta = parse_bn(args.bn)
     try:
         dataset = data_module.load(args.data)
@@ -183,11 +251,15 @@ def train(args, log=None):
         dataset.train_x, dataset.train_y = dataset.train_x[:args.max_train], dataset.train_y[:args.max_train]
     if args.max_test:
         dataset.test_x, dataset.test_y = dataset.test_x[:args.max_test], dataset.test_y[:args.max_test]
-    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta)
-    runs = {"built-in": Run(builtin, nn.CrossEntropyLoss(), args.lr, args.epochs),
-            "manual": Run(manual, mnn.CrossEntropyLoss(), args.lr, args.epochs)}
+    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta, sync_bn=args.sync_bn)
+    builtin, builtin_bn = builtin_batch_norm(builtin, args.sync_bn)
+    batch_norms = {"built-in": builtin_bn,
+                   "manual": "manual_ops.nn.SyncBatchNorm" if args.sync_bn else "manual_ops.nn.BatchNorm2d"}
+    runs = {"built-in": Run(procs.wrap(builtin), nn.CrossEntropyLoss(), args.lr, args.epochs),
+            "manual": Run(procs.wrap(manual), mnn.CrossEntropyLoss(), args.lr, args.epochs)}
 
-    os.makedirs(args.out, exist_ok=True)
+    if lead:
+        os.makedirs(args.out, exist_ok=True)
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
     config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs")}
     start_epoch, first_step = 0, None
@@ -211,11 +283,15 @@ def train(args, log=None):
     log(f"{args.model} on {dataset.name}: {len(dataset.train_y)} train / {len(dataset.test_y)} test images of size "
         f"{dataset.in_channels}x{dataset.input_size[0]}x{dataset.input_size[1]}, batch {args.batch_size}, "
         f"lr {args.lr}, bn {args.bn}, {torch.get_num_threads()} threads")
+    if procs.world_size > 1:
+        log(f"{procs.world_size} processes (DistributedDataParallel, gloo), {args.batch_size // procs.world_size} "
+            f"images each per batch; batch norm: built-in {batch_norms['built-in']}, manual {batch_norms['manual']}")
     header = f"{'epoch':>5} {'run':>9} {'train loss':>10} {'train acc':>9} {'test loss':>10} {'test acc':>9} {'time':>9}"
     for epoch in range(start_epoch, args.epochs):
-        batches = _batches(len(dataset.train_y), args.batch_size, args.seed, epoch)
+        batches = _batches(len(dataset.train_y), args.batch_size, args.seed, epoch, procs)
         totals = {label: {"loss": 0.0, "correct": 0, "time": 0.0} for label in runs}
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not args.progress)
+        seen = 0
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{args.epochs}", leave=False, disable=not (args.progress and lead))
         for i, idx in enumerate(bar):
             x, y = dataset.train_x[idx], dataset.train_y[idx]
             for label, run in runs.items():  # interleaved, so load on the machine hits both alike
@@ -224,18 +300,21 @@ def train(args, log=None):
                 totals[label]["time"] += time.perf_counter() - t0
                 totals[label]["loss"] += loss * len(y)
                 totals[label]["correct"] += correct
+            seen += len(y)
             if epoch == 0 and i == 0:
-                first_step = grad_differences(builtin, manual)
+                first_step = grad_differences(runs["built-in"].net, runs["manual"].net)
                 log("first step, largest |grad built-in - grad manual| per layer type (largest |grad| for scale):")
+                if args.sync_bn and procs.world_size > 1 and builtin_bn == "torch.nn.BatchNorm2d":
+                    log("  (the built-in batch norms use per-process statistics, the manual ones global: they differ)")
                 for kind, d in first_step.items():
                     log(f"  {kind:<20} {d['max_abs_diff']:.3e}   (|grad| up to {d['max_abs_grad']:.3e})")
-            bar.set_postfix({label: f"{t['loss'] / ((i + 1) * args.batch_size):.3f}" for label, t in totals.items()})
+            bar.set_postfix({label: f"{t['loss'] / seen:.3f}" for label, t in totals.items()})
         for label, run in runs.items():
             t0 = time.perf_counter()
-            test_loss, test_acc = run.evaluate(dataset.test_x, dataset.test_y)
+            test_loss, test_acc = run.evaluate(dataset.test_x, dataset.test_y, procs)
+            loss, correct, n = procs.sum([totals[label]["loss"], totals[label]["correct"], seen])
             run.history.append({
-                "epoch": epoch + 1, "train_loss": totals[label]["loss"] / len(dataset.train_y),
-                "train_acc": totals[label]["correct"] / len(dataset.train_y), "test_loss": test_loss,
+                "epoch": epoch + 1, "train_loss": loss / n, "train_acc": correct / n, "test_loss": test_loss,
                 "test_acc": test_acc, "time_s": totals[label]["time"] + time.perf_counter() - t0,
             })
             run.scheduler.step()
@@ -243,17 +322,21 @@ def train(args, log=None):
             log(header)
         for label, run in runs.items():
             log(f"{epoch + 1:>5} " + _row(label, run.history[-1]))
-        save_atomic({"epoch": epoch + 1, "config": config, "first_step_grad_diff": first_step,
-                     "runs": {label: run.state() for label, run in runs.items()}}, checkpoint_path)
+        if lead:
+            save_atomic({"epoch": epoch + 1, "config": config, "first_step_grad_diff": first_step,
+                         "runs": {label: run.state() for label, run in runs.items()}}, checkpoint_path)
 
     summary = {
         "config": config, "torch": torch.__version__, "threads": torch.get_num_threads(),
-        "first_step_grad_diff": first_step,
+        "world_size": procs.world_size, "global_batch_size": args.batch_size, "sync_bn": args.sync_bn,
+        "batch_norm": batch_norms, "first_step_grad_diff": first_step,
         "runs": {label: {"final": run.history[-1] if run.history else None,
                          "mean_epoch_time_s": sum(h["time_s"] for h in run.history) / max(len(run.history), 1),
                          "history": run.history} for label, run in runs.items()},
         "files": {"checkpoint": checkpoint_path, "plot": os.path.join(args.out, "curves.png")},
     }
+    if not lead:
+        return summary
     _plot(runs, summary["files"]["plot"])
     with open(os.path.join(args.out, "summary.json"), "w") as f:
         json.dump(summary, f, indent=2)
@@ -268,6 +351,9 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--bn", default="plain", help="'plain', or 'clamped:K' for ClampedBatchNorm2d(beta_floor=K)")
+    parser.add_argument("--sync-bn", action="store_true",
+                        help="under torchrun: batch-norm statistics over all processes (manual_ops' SyncBatchNorm; "
+                             "the built-in network uses torch's where torch supports it, else BatchNorm2d)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/train", help="folder for curves.png, summary.json, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

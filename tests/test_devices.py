@@ -67,3 +67,12 @@ def test_cuda_tensors_get_our_error_not_the_dispatchers():
 def test_convert_of_a_cuda_model_raises_at_convert_time():
     with pytest.raises(NotImplementedError, match=r"is on device 'cuda:0'"):
         manual_ops.convert(models.resnet_small(in_channels=1, num_classes=10, input_size=8).cuda())
+
+
+def test_convert_sync_batchnorm_refuses_an_unsupported_device(monkeypatch):
+    monkeypatch.setattr(convert_module, "SUPPORTED_DEVICES", ("cpu",))
+    model = nn.Sequential(nn.BatchNorm1d(3).to("meta"))
+    for call in (lambda: manual_ops.convert(model, sync_bn=True), lambda: manual_ops.convert_sync_batchnorm(model)):
+        with pytest.raises(NotImplementedError, match=r"0\.weight \(BatchNorm1d\) is on device 'meta'"):
+            call()
+    assert type(model[0]) is nn.BatchNorm1d

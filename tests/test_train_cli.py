@@ -32,6 +32,7 @@ def test_smoke_outputs_and_checkpoint_loads_into_builtin(tmp_path, capsys):
     assert set(summary["runs"]) == {"built-in", "manual"}
     assert summary["runs"]["manual"]["final"]["epoch"] == 1
     assert summary["first_step_grad_diff"]["Conv2d"]["max_abs_diff"] < 1e-4
+    assert (summary["world_size"], summary["global_batch_size"], summary["sync_bn"]) == (1, 32, False)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     for label in ("built-in", "manual"):
         model = models.build("resnet-small", 1, 10, 8)
@@ -65,6 +66,36 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys)
     monkeypatch.undo()
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
     models.build("resnet-small", 1, 10, 8).load_state_dict(ckpt["runs"]["manual"]["model"], strict=True)
+
+
+@pytest.mark.slow  # two torchrun processes: ~20 s on 2 cores
+def test_torchrun_two_processes_with_sync_bn_train_as_one(tmp_path):
+    """DDP over 2 gloo processes on loopback: rank 0 alone prints and writes; with --sync-bn the manual
+    network's run is the single-process run (same global batches, global batch-norm statistics)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
+                             "-m", "manual_ops", "train", "--sync-bn", "--out", str(tmp_path / "two"), *TINY],
+                            capture_output=True, text=True, cwd=root, env=env, timeout=240)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("train loss") == 1 and "2 processes (DistributedDataParallel, gloo)" in result.stdout
+    two = json.loads((tmp_path / "two" / "summary.json").read_text())
+    assert (two["world_size"], two["global_batch_size"], two["sync_bn"]) == (2, 32, True)
+    assert two["batch_norm"] == {"built-in": "torch.nn.BatchNorm2d", "manual": "manual_ops.nn.SyncBatchNorm"}
+    ckpt = torch.load(tmp_path / "two" / "checkpoint.pt", weights_only=True)
+    models.build("resnet-small", 1, 10, 8).load_state_dict(ckpt["runs"]["manual"]["model"], strict=True)
+    assert _run(tmp_path / "one", "--sync-bn") == 0
+    one = json.loads((tmp_path / "one" / "summary.json").read_text())
+    for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
+        assert abs(two["runs"]["manual"]["final"][key] - one["runs"]["manual"]["final"][key]) < 1e-5, key
+
+
+def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "3")  # rank 0 of a torchrun launch of 3, without joining a real group
+    monkeypatch.setattr(train.dist, "init_process_group", lambda backend: None)
+    monkeypatch.setattr(train.dist, "destroy_process_group", lambda: None)
+    assert _run(tmp_path) == 2
+    assert capsys.readouterr().err == "error: --batch-size 32 (the global batch) must be a multiple of the 3 processes\n"
 
 
 def _write_cifar(folder, n=6, skip=()):
