@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of
+from .._utils import applier, memory_format_of
 
 _ops = torch.ops.manual_ops
 
@@ -67,6 +67,9 @@ class BatchNormFunction(torch.autograd.Function):
     def jvp(ctx, d_input, d_weight, d_bias, *_):
         saved = ctx.saved_tensors
         return batch_norm_tangent(*saved, *ctx.bn_args, d_input, d_weight, d_bias), None, None
+
+
+_batch_norm_apply = applier(BatchNormFunction)
 
 
 class _Channels:
@@ -198,7 +201,7 @@ class BatchNormBackward(torch.autograd.Function):
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
            beta_floor=None, floor_scale="sigma"):
     """BatchNormFunction.apply, returning only the output (the saved statistics are internal)."""
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+    return _batch_norm_apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
                                    momentum, eps, beta_floor, floor_scale)[0]
 
 

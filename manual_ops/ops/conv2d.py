@@ -1,7 +1,7 @@
 """conv2d: the autograd wiring around ``manual_ops::conv2d_forward`` / ``conv2d_backward``."""
 import torch
 
-from .._utils import memory_format_of, pair, register_autograd
+from .._utils import applier, memory_format_of, pair, register_autograd
 from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
@@ -65,6 +65,9 @@ class Conv2dFunction(torch.autograd.Function):
         input, weight = ctx.saved_tensors
         return bilinear_sum(lambda x, w, b: _ops.conv2d_forward(x, w, b, *ctx.conv_args), input, weight, d_input,
                             d_weight, d_bias, ctx.output_size, 1)
+
+
+_conv2d_apply = applier(Conv2dFunction)
 
 
 class Conv2dBackward(torch.autograd.Function):
@@ -141,5 +144,5 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = _padding(padding, weight, stride, dilation)
     if input.dim() == 3:
-        return Conv2dFunction.apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
-    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+        return _conv2d_apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
+    return _conv2d_apply(input, weight, bias, stride, padding, dilation, groups)

@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import register_autograd
+from .._utils import applier, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -61,6 +61,9 @@ class CrossEntropyFunction(torch.autograd.Function):
         input, target, weight, lse = ctx.saved_tensors
         d_target = d_target if input.shape == target.shape else None  # class indices have no tangent
         return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
+
+
+_cross_entropy_apply = applier(CrossEntropyFunction)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):
@@ -200,7 +203,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise RuntimeError(f"cross_entropy: expected a 0-D target for an unbatched input of size "
                                f"{list(input.shape)}, but got target of size {list(target.shape)}")
         target = target.unsqueeze(0) if probabilities else target.reshape(1)
-        loss = CrossEntropyFunction.apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
+        loss = _cross_entropy_apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
                                           label_smoothing)[0]
         return loss.squeeze(0) if reduction == "none" else loss
-    return CrossEntropyFunction.apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]
+    return _cross_entropy_apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]

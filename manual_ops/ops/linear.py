@@ -1,6 +1,7 @@
 """linear: the autograd wiring around ``manual_ops::linear_forward`` / ``linear_backward``."""
 import torch
-from .._utils import register_autograd
+
+from .._utils import applier, register_autograd
 from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
@@ -50,6 +51,9 @@ class LinearFunction(torch.autograd.Function):
         return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
 
+_linear_apply = applier(LinearFunction)
+
+
 class LinearBackward(torch.autograd.Function):
     """``manual_ops::linear_backward`` as a differentiable function of (grad_output, input, weight).
 
@@ -89,4 +93,4 @@ def linear(input, weight, bias=None):
         - Input: :math:`(*, H_{in})`, where :math:`*` is any number of leading dimensions, including none.
         - Output: :math:`(*, H_{out})`.
     """
-    return LinearFunction.apply(input, weight, bias)
+    return _linear_apply(input, weight, bias)

@@ -1,7 +1,7 @@
 """Pooling: the autograd wiring around ``manual_ops::{max,avg,adaptive_avg}_pool2d_{forward,backward}``."""
 import torch
 
-from .._utils import memory_format_of, register_autograd
+from .._utils import applier, memory_format_of, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -115,6 +115,9 @@ class MaxPool2dFunction(torch.autograd.Function):
         return _gather_windows(d_input, indices), None
 
 
+_max_pool2d_apply = applier(MaxPool2dFunction)
+
+
 class MaxPool2dBackward(torch.autograd.Function):
     """``manual_ops::max_pool2d_backward`` as a differentiable function: ``apply(grad_output, input,
     indices)``. Linear in grad_output (a scatter-add to the argmax), so its grad w.r.t.
@@ -166,6 +169,9 @@ class AvgPool2dFunction(torch.autograd.Function):
         return _ops.avg_pool2d_forward(d_input, *ctx.pool_args)
 
 
+_avg_pool2d_apply = applier(AvgPool2dFunction)
+
+
 class AvgPool2dBackward(torch.autograd.Function):
     """``manual_ops::avg_pool2d_backward`` as a differentiable function: ``apply(grad_output, input,
     kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)``. It is the
@@ -173,8 +179,9 @@ class AvgPool2dBackward(torch.autograd.Function):
     with the same divisors; it does not depend on the input's values."""
 
     @staticmethod
-    def forward(grad_output, input, *pool_args):
-        return _ops.avg_pool2d_backward(grad_output, input, *pool_args)
+    def forward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return _ops.avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode,
+                                        count_include_pad, divisor_override)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -215,6 +222,9 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
         return _ops.adaptive_avg_pool2d_forward(d_input, ctx.output_size)
 
 
+_adaptive_avg_pool2d_apply = applier(AdaptiveAvgPool2dFunction)
+
+
 class AdaptiveAvgPool2dBackward(torch.autograd.Function):
     """``manual_ops::adaptive_avg_pool2d_backward`` as a differentiable function: ``apply(grad_output,
     input)``. The transpose of adaptive average pooling, so its grad w.r.t. grad_output is
@@ -248,7 +258,7 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
     r"""2-D max pooling returning ``(output, indices)``. Same as
     :func:`torch.nn.functional.max_pool2d_with_indices`; see :func:`max_pool2d`."""
     kernel_size, stride, padding, dilation = _max_pool_args(kernel_size, stride, padding, dilation)
-    return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _max_pool2d_apply(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -305,7 +315,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     kernel_size = _pool_pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = _pool_pair(stride, "stride", "avg_pool2d", omittable=True) or kernel_size
     padding = _pool_pair(padding, "padding", "avg_pool2d")
-    return AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    return _avg_pool2d_apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                    divisor_override)
 
 
@@ -331,4 +341,4 @@ def adaptive_avg_pool2d(input, output_size):
     if len(output_size) != 2:
         raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
     output_size = [input.shape[-2 + i] if v is None else v for i, v in enumerate(output_size)]
-    return AdaptiveAvgPool2dFunction.apply(input, output_size)
+    return _adaptive_avg_pool2d_apply(input, output_size)

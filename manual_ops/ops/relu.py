@@ -1,6 +1,8 @@
 """relu: the autograd wiring around ``manual_ops::relu_forward`` / ``relu_`` / ``relu_backward``."""
 import torch
 
+from .._utils import applier
+
 _ops = torch.ops.manual_ops
 
 
@@ -54,6 +56,9 @@ class ReLUFunction(torch.autograd.Function):
         return d_input.copy_(d_output) if ctx.inplace else d_output
 
 
+_relu_apply = applier(ReLUFunction)
+
+
 class ReLUBackward(torch.autograd.Function):
     """``manual_ops::relu_backward`` as a differentiable function: ``apply(grad_output, result)``.
 
@@ -103,4 +108,4 @@ def relu(input, inplace=False):
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if input._is_view() and input._base.is_leaf:
             raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
-    return ReLUFunction.apply(input, inplace)
+    return _relu_apply(input, inplace)
