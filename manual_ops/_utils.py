@@ -31,3 +31,15 @@ def register_autograd(op: str, function: type) -> None:
     backward, so that ``torch.ops.manual_ops.*`` called directly differentiates exactly as the
     ``torch.autograd.Function`` does (instead of autograd's warn-and-ignore fallback)."""
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
+
+
+def applier(function: type):
+    """``function.apply`` for an autograd.Function with a custom ``jvp``; under torch.compile it applies
+    a subclass without the ``jvp`` instead (Dynamo cannot trace a custom ``jvp``; a compiled graph runs
+    no forward-mode AD, so nothing is lost)."""
+    without_jvp = type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
+
+    def apply(*args):
+        return (without_jvp if torch.compiler.is_compiling() else function).apply(*args)
+
+    return apply

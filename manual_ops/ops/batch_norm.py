@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of
+from .._utils import applier, memory_format_of
 
 _ops = torch.ops.manual_ops
 
@@ -35,6 +35,8 @@ class BatchNormFunction(torch.autograd.Function):
     training when given; with ``momentum=None`` the running stats are a cumulative average
     over it), ``beta_floor`` (None, or k >= 0 for the clamped shift max(beta, -k*s)) and
     ``floor_scale`` ('sigma' or 'gamma': what s is). Only input, weight and bias get grads.
+    The backward is differentiable (:class:`BatchNormBackward`), and ``jvp`` gives forward-mode
+    AD (:func:`batch_norm_tangent`).
     """
 
     @staticmethod
@@ -48,19 +50,152 @@ class BatchNormFunction(torch.autograd.Function):
         input, weight, bias, _, _, _, training, _, _, beta_floor, floor_scale = inputs
         _, save_mean, save_invstd = output
         ctx.save_for_backward(input, weight, bias, save_mean, save_invstd)
+        ctx.save_for_forward(input, weight, bias, save_mean, save_invstd)
         ctx.bn_args = (training, beta_floor, floor_scale)
         ctx.mark_non_differentiable(save_mean, save_invstd)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, _grad_mean, _grad_invstd):
         input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], needs[2]]
-        grad_input, grad_weight, grad_bias = _ops.batch_norm_backward(
+        grad_input, grad_weight, grad_bias = BatchNormBackward.apply(
             grad_output, input, weight, bias, save_mean, save_invstd, *ctx.bn_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_bias, *_):
+        saved = ctx.saved_tensors
+        return batch_norm_tangent(*saved, *ctx.bn_args, d_input, d_weight, d_bias), None, None
+
+
+_batch_norm_apply = applier(BatchNormFunction)
+
+
+class _Channels:
+    """Per-channel views and means over the M values of each channel of an (N, C, *) tensor."""
+
+    def __init__(self, input):
+        self.dims = [0, *range(2, input.dim())]
+        self.shape = [1, input.shape[1], *[1] * (input.dim() - 2)]
+
+    def view(self, t):
+        return t.view(self.shape)
+
+    def mean(self, t):
+        return t.mean(self.dims, keepdim=True)
+
+    def sum(self, t):
+        return t.sum(self.dims)
+
+
+def _clamped(weight, bias, save_invstd, beta_floor, floor_scale):
+    """Channels whose shift is the floor: beta < -k*s (as ``shift_floor`` in batch_norm.cpp), or None."""
+    if beta_floor is None or bias is None:  # no bias: beta = 0 >= -k*s
+        return None
+    s = 1 / save_invstd if floor_scale == "sigma" else weight.abs() if weight is not None else torch.ones_like(bias)
+    return bias < -beta_floor * s
+
+
+def batch_norm_tangent(input, weight, bias, save_mean, save_invstd, training, beta_floor, floor_scale, d_input,
+                       d_weight, d_bias):
+    r"""The tangent of batch_norm's output for tangents (d_input, d_weight, d_bias), any of them None.
+
+    With :math:`\hat x = (x - \mu) s`, :math:`s = 1/\sqrt{\sigma^2 + \epsilon}`, and in training
+    :math:`\dot\mu = E[\dot x]`, :math:`\dot s = -s^2 E[\hat x \dot x]`:
+    :math:`\dot y = \gamma s P(\dot x) + \dot\gamma \hat x + \dot\beta'` with
+    :math:`P(v) = v - E[v] - \hat x E[\hat x v]` (in eval :math:`P(v) = v`). The clamped shift
+    :math:`\beta' = -k s'` has :math:`\dot\beta' = -k E[\hat x \dot x]` (s' = sigma, training; 0 in eval)
+    or :math:`-k\,\mathrm{sign}(\gamma)\dot\gamma` (s' = |gamma|). It is also the grad w.r.t. grad_output
+    of the backward (the adjoint of a linear map's adjoint). Derivation: docs/derivations.md.
+    """
+    ch = _Channels(input)
+    s = ch.view(save_invstd)
+    xhat = (input - ch.view(save_mean)) * s
+    out = None
+    if d_input is not None:
+        projected = d_input - ch.mean(d_input) - xhat * ch.mean(xhat * d_input) if training else d_input
+        out = (ch.view(weight) * s if weight is not None else s) * projected
+    if d_weight is not None:
+        out = ch.view(d_weight) * xhat if out is None else out + ch.view(d_weight) * xhat
+    clamped = _clamped(weight, bias, save_invstd, beta_floor, floor_scale)
+    shift = None if d_bias is None else ch.view(d_bias)
+    if clamped is not None:
+        floor = None
+        if floor_scale == "sigma" and training and d_input is not None:
+            floor = -beta_floor * ch.mean(xhat * d_input)
+        elif floor_scale == "gamma" and d_weight is not None:
+            floor = ch.view(-beta_floor * weight.sign() * d_weight)
+        zero = torch.zeros((), dtype=input.dtype)
+        shift = torch.where(ch.view(clamped), zero if floor is None else floor, zero if shift is None else shift)
+    if shift is not None:
+        out = shift.expand(input.shape) + (0 if out is None else out)
+    return out if out is not None else torch.zeros_like(input)
+
+
+class BatchNormBackward(torch.autograd.Function):
+    r"""``manual_ops::batch_norm_backward`` as a differentiable function of (grad_output, input, weight):
+    ``apply(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,
+    floor_scale, output_mask)``, where save_mean and save_invstd are the forward's (functions of
+    the input in training). bias enters only through the clamp's choice of channels, so gets no grad.
+
+    For the grads (ggx, ggw, ggb) of (grad_input, grad_weight, grad_bias), with
+    :math:`\delta` = grad_output, :math:`a = E[\delta]`, :math:`b = E[\delta \hat x]` and :math:`P` as in
+    :func:`batch_norm_tangent`, the backward returns (derivation: docs/derivations.md,
+    "batch_norm: second order"):
+
+    - grad_output: :func:`batch_norm_tangent` at tangents (ggx, ggw, ggb);
+    - input, training: :math:`-\gamma s^2 \big[(E[ggx\,\delta] - a E[ggx] - b E[ggx\,\hat x])\hat x
+      + E[ggx\,\hat x] P\delta + b\,P(ggx)\big] + s\,ggw\,P\delta`, and for clamped
+      channels with s' = sigma also :math:`-k a s P(ggx)`; eval: :math:`s\,ggw\,\delta`;
+    - weight: :math:`s \sum ggx\,P\delta` (:math:`P = 1` in eval).
+
+    It is differentiable once (a third derivative raises).
+    """
+
+    @staticmethod
+    def forward(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor, floor_scale,
+                output_mask):
+        return _ops.batch_norm_backward(grad_output, input, weight, bias, save_mean, save_invstd, training,
+                                        beta_floor, floor_scale, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:6])
+        ctx.bn_args = inputs[6:9]
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, ggx, ggw, ggb):
+        grad_output, input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
+        training, beta_floor, floor_scale = ctx.bn_args
+        needs = ctx.needs_input_grad
+        d_grad_output = d_input = d_weight = None
+        if needs[0] and not (ggx is None and ggw is None and ggb is None):
+            d_grad_output = batch_norm_tangent(input, weight, bias, save_mean, save_invstd, *ctx.bn_args, ggx, ggw,
+                                               ggb)
+        ch = _Channels(input)
+        s = ch.view(save_invstd)
+        xhat = (input - ch.view(save_mean)) * s
+        delta = grad_output
+        if training:
+            a, b = ch.mean(delta), ch.mean(delta * xhat)
+            delta = delta - a - xhat * b  # P(delta)
+        if needs[1] and ggx is not None and training:
+            gamma = ch.view(weight) if weight is not None else 1
+            projected = ggx - ch.mean(ggx) - xhat * ch.mean(xhat * ggx)  # P(ggx)
+            d_input = -gamma * s * s * ((ch.mean(ggx * grad_output) - a * ch.mean(ggx) - b * ch.mean(ggx * xhat)) * xhat
+                                        + ch.mean(ggx * xhat) * delta + b * projected)
+            clamped = _clamped(weight, bias, save_invstd, beta_floor, floor_scale)
+            if clamped is not None and floor_scale == "sigma":
+                d_input = d_input - torch.where(ch.view(clamped), beta_floor * a * s, 0) * projected
+        if needs[1] and ggw is not None:
+            term = ch.view(ggw) * s * delta
+            d_input = term if d_input is None else d_input + term
+        if needs[2] and ggx is not None:
+            d_weight = save_invstd * ch.sum(ggx * delta)
+        return d_grad_output, d_input, d_weight, None, None, None, None, None, None, None
 
 
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
@@ -70,8 +205,8 @@ def _apply(input, running_mean, running_var, weight, bias, training, momentum, e
         # As torch: an empty 1-D input is a batch of no samples of no channels.
         return _apply(input.view(0, 0), running_mean, running_var, weight, bias, training, momentum, eps,
                       num_batches_tracked, beta_floor, floor_scale).view(0)
-    return BatchNormFunction.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
-                                   momentum, eps, beta_floor, floor_scale)[0]
+    return _batch_norm_apply(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
+                             momentum, eps, beta_floor, floor_scale)[0]
 
 
 def batch_norm(input, running_mean, running_var, weight=None, bias=None, training=False, momentum=0.1, eps=1e-5):

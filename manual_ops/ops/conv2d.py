@@ -1,8 +1,8 @@
 """conv2d: the autograd wiring around ``manual_ops::conv2d_forward`` / ``conv2d_backward``."""
 import torch
-from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of, pair, register_autograd
+from .._utils import applier, memory_format_of, pair, register_autograd
+from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
 
@@ -38,6 +38,8 @@ class Conv2dFunction(torch.autograd.Function):
 
     ``apply(input, weight, bias, stride, padding, dilation, groups)`` takes a 4-D input,
     2-tuples for stride and dilation, and a 4-tuple padding (top, left, bottom, right).
+    The backward is itself differentiable (:class:`Conv2dBackward`), and ``jvp`` gives
+    forward-mode AD: ``conv(dx, w) + conv(x, dw) + db``.
     """
 
     @staticmethod
@@ -48,15 +50,55 @@ class Conv2dFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, weight, _, stride, padding, dilation, groups = inputs
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
         ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.output_size = output.shape
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:3])
-        grad_input, grad_weight, grad_bias = _ops.conv2d_backward(grad_output, input, weight, *ctx.conv_args, mask)
+        grad_input, grad_weight, grad_bias = Conv2dBackward.apply(grad_output, input, weight, *ctx.conv_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_bias, *_):
+        input, weight = ctx.saved_tensors
+        return bilinear_sum(lambda x, w, b: _ops.conv2d_forward(x, w, b, *ctx.conv_args), input, weight, d_input,
+                            d_weight, d_bias, ctx.output_size, 1)
+
+
+_conv2d_apply = applier(Conv2dFunction)
+
+
+class Conv2dBackward(torch.autograd.Function):
+    """``manual_ops::conv2d_backward`` as a differentiable function of (grad_output, input, weight).
+
+    ``apply(grad_output, input, weight, stride, padding, dilation, groups, output_mask)``. Its
+    backward is the bilinear rule of :mod:`manual_ops.ops._bilinear`, made of conv2d's own
+    forward and backward ops.
+    """
+
+    @staticmethod
+    def forward(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        return _ops.conv2d_backward(grad_output, input, weight, stride, padding, dilation, groups, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_output, input, weight, stride, padding, dilation, groups, _ = inputs
+        ctx.save_for_backward(grad_output, input, weight)
+        ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, ggx, ggw, ggb):
+        grad_output, input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        grads = bilinear_double_backward(
+            lambda x, w, b: Conv2dFunction.apply(x, w, b, *args),
+            lambda gy, x, w, mask: Conv2dBackward.apply(gy, x, w, *args, mask),
+            ctx.needs_input_grad, grad_output, input, weight, ggx, ggw, ggb, 1)
+        return *grads, None, None, None, None, None
 
 
 register_autograd("manual_ops::conv2d_forward", Conv2dFunction)
@@ -103,5 +145,5 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = _padding(padding, weight, stride, dilation)
     if input.dim() == 3:
-        return Conv2dFunction.apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
-    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+        return _conv2d_apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
+    return _conv2d_apply(input, weight, bias, stride, padding, dilation, groups)

@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import register_autograd
+from .._utils import applier, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -32,7 +32,8 @@ class CrossEntropyFunction(torch.autograd.Function):
     ``apply(input, target, weight, reduction, ignore_index, label_smoothing)`` with input
     (N, C, d1, ..., dk) returns ``(loss, lse)``; ``lse`` (the per-row log-sum-exp, saved for
     the backward) is not differentiable. Class-probability targets (of the input's size)
-    get a gradient too.
+    get a gradient too. The backward is differentiable (:class:`CrossEntropyBackward`), and
+    ``jvp`` gives forward-mode AD: the first-order gradient contracted with the tangents.
     """
 
     @staticmethod
@@ -44,15 +45,116 @@ class CrossEntropyFunction(torch.autograd.Function):
         input, target, weight, *options = inputs
         ctx.mark_non_differentiable(output[1])
         ctx.save_for_backward(input, target, weight, output[1])
+        ctx.save_for_forward(input, target, weight, output[1])
         ctx.options = options
+        ctx.loss_size = output[0].shape
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_loss, grad_lse):
         input, target, weight, lse = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:2])
-        grad_input, grad_target = _ops.cross_entropy_backward(grad_loss, input, target, weight, lse, *ctx.options, mask)
+        grad_input, grad_target = CrossEntropyBackward.apply(grad_loss, input, target, weight, lse, *ctx.options, mask)
         return grad_input, grad_target, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_input, d_target, *_):
+        input, target, weight, lse = ctx.saved_tensors
+        d_target = d_target if input.shape == target.shape else None  # class indices have no tangent
+        return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
+
+
+_cross_entropy_apply = applier(CrossEntropyFunction)
+
+
+def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):
+    """``sum_c (dloss/dx * a + dloss/dt * b)`` per loss element (both None-able): the tangent of the
+    loss for tangents (a, b) of (input, target), and the grad w.r.t. grad_loss of
+    ``<a, grad_input> + <b, grad_target>``. The gradient is cross_entropy_backward's at grad_loss = 1."""
+    ones = input.new_ones(loss_size)
+    gx, gt = _ops.cross_entropy_backward(ones, input, target, weight, lse, *options, [a is not None, b is not None])
+    total = (a * gx).sum(1) if a is not None else 0
+    if b is not None:
+        total = total + (b * gt).sum(1)
+    return total if options[0] == "none" else total.sum()
+
+
+class CrossEntropyBackward(torch.autograd.Function):
+    r"""``manual_ops::cross_entropy_backward`` as a differentiable function of (grad_loss, input, target):
+    ``apply(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
+    output_mask)``; ``lse`` is the forward's, a function of the input.
+
+    With :math:`u_r` the row's loss gradient (``grad_loss``, divided by the mean's denominator),
+    :math:`q` the target weights, :math:`Q_r = \sum_c q_{rc}` and :math:`p` the softmax,
+    ``grad_input = u (Q p - q)`` and ``grad_target = -u (1 - eps) w log p``. For the grads
+    ``ggx, ggt`` of those, the backward returns (derivation: docs/derivations.md,
+    "cross_entropy: second order")
+
+    - grad_loss: the first-order gradient contracted with (ggx, ggt);
+    - input: :math:`u Q \, p \odot (ggx - \langle ggx, p \rangle) - u (1-\varepsilon)(w\,ggt - p \langle w\,ggt \rangle)`
+      (softmax Hessian-vector products; the second term through lse);
+    - target (probabilities): :math:`u (1-\varepsilon) w (\langle ggx, p \rangle - ggx)`.
+
+    It is differentiable once (a third derivative raises).
+    """
+
+    @staticmethod
+    def forward(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing, output_mask):
+        return _ops.cross_entropy_backward(grad_loss, input, target, weight, lse, reduction, ignore_index,
+                                           label_smoothing, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        grad_loss, input, target, weight, lse, *options, _ = inputs
+        ctx.save_for_backward(grad_loss, input, target, weight, lse)
+        ctx.options = options
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, ggx, ggt):
+        grad_loss, input, target, weight, lse = ctx.saved_tensors
+        reduction, ignore_index, eps = ctx.options
+        needs = ctx.needs_input_grad
+        d_grad_loss = d_input = d_target = None
+        if ggx is None and ggt is None:
+            return d_grad_loss, None, None, None, None, None, None, None, None
+        if needs[0]:
+            d_grad_loss = _contract_with_gradient(input, target, weight, lse, ctx.options, grad_loss.shape, ggx, ggt)
+        if not (needs[1] or needs[2]):
+            return d_grad_loss, None, None, None, None, None, None, None, None
+        C = input.shape[1]
+        w = weight.view(1, C, *[1] * (input.dim() - 2)) if weight is not None else None
+        p = (input.double() - lse.unsqueeze(1)).exp().to(input.dtype)
+        row_total, rows_of_mean = _row_weight_totals(input, target, weight, eps, ignore_index)
+        u = grad_loss / rows_of_mean if reduction == "mean" else grad_loss
+        u = u.expand(lse.shape).unsqueeze(1)
+        ggx_p = (ggx * p).sum(1, keepdim=True) if ggx is not None else None
+        if needs[1]:
+            d_input = u * row_total.unsqueeze(1) * p * (ggx - ggx_p) if ggx is not None else None
+            if ggt is not None:
+                w_ggt = ggt * w if w is not None else ggt
+                through_lse = -u * (1 - eps) * (w_ggt - p * w_ggt.sum(1, keepdim=True))
+                d_input = through_lse if d_input is None else d_input + through_lse
+        if needs[2] and ggx is not None:
+            d_target = u * (1 - eps) * (ggx_p - ggx)
+            d_target = d_target * w if w is not None else d_target
+        return d_grad_loss, d_input, d_target, None, None, None, None, None, None
+
+
+def _row_weight_totals(input, target, weight, eps, ignore_index):
+    r"""``(Q, D)``: per row the total target weight :math:`Q_r = \sum_c q_{rc}` (0 for an ignored row), and
+    the mean's denominator D, as cross_entropy.cpp's ``row_weights`` and ``mean_denominator`` define them."""
+    C = input.shape[1]
+    if input.shape == target.shape:  # class probabilities: q = w ((1 - eps) t + eps / C)
+        q = (1 - eps) * target + eps / C
+        q = q * weight.view(1, C, *[1] * (input.dim() - 2)) if weight is not None else q
+        return q.sum(1), target[:, 0].numel()
+    counted = target != ignore_index
+    w_y = weight[torch.where(counted, target, 0)] if weight is not None else input.new_ones(target.shape)
+    w_sum = weight.sum() if weight is not None else C
+    total = torch.where(counted, eps / C * w_sum + (1 - eps) * w_y, 0)
+    D = torch.where(counted, w_y, 0).sum()
+    return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
 
 
 register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
@@ -101,7 +203,7 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise RuntimeError(f"cross_entropy: expected a 0-D target for an unbatched input of size "
                                f"{list(input.shape)}, but got target of size {list(target.shape)}")
         target = target.unsqueeze(0) if probabilities else target.reshape(1)
-        loss = CrossEntropyFunction.apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
+        loss = _cross_entropy_apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
                                           label_smoothing)[0]
         return loss.squeeze(0) if reduction == "none" else loss
-    return CrossEntropyFunction.apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]
+    return _cross_entropy_apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]

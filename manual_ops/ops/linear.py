@@ -1,8 +1,8 @@
 """linear: the autograd wiring around ``manual_ops::linear_forward`` / ``linear_backward``."""
 import torch
-from torch.autograd.function import once_differentiable
 
-from .._utils import register_autograd
+from .._utils import applier, register_autograd
+from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
 
@@ -25,6 +25,8 @@ class LinearFunction(torch.autograd.Function):
     """linear whose backward is the hand-written ``manual_ops::linear_backward``.
 
     ``apply(input, weight, bias)`` with input (*, in_features), weight (out_features, in_features).
+    The backward is itself differentiable (:class:`LinearBackward`), and ``jvp`` gives
+    forward-mode AD: ``dx W^T + x dW^T + db``.
     """
 
     @staticmethod
@@ -35,12 +37,45 @@ class LinearFunction(torch.autograd.Function):
     def setup_context(ctx, inputs, output):
         input, weight, _ = inputs
         ctx.save_for_backward(input, weight)
+        ctx.save_for_forward(input, weight)
+        ctx.output_size = output.shape
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        return _ops.linear_backward(grad_output, input, weight, list(ctx.needs_input_grad))
+        return LinearBackward.apply(grad_output, input, weight, list(ctx.needs_input_grad))
+
+    @staticmethod
+    def jvp(ctx, d_input, d_weight, d_bias):
+        input, weight = ctx.saved_tensors
+        return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
+
+
+_linear_apply = applier(LinearFunction)
+
+
+class LinearBackward(torch.autograd.Function):
+    """``manual_ops::linear_backward`` as a differentiable function of (grad_output, input, weight).
+
+    ``apply(grad_output, input, weight, output_mask)``. Its backward is the bilinear rule of
+    :mod:`manual_ops.ops._bilinear`, made of linear's own forward and backward ops.
+    """
+
+    @staticmethod
+    def forward(grad_output, input, weight, output_mask):
+        return _ops.linear_backward(grad_output, input, weight, output_mask)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(*inputs[:3])
+        ctx.set_materialize_grads(False)
+
+    @staticmethod
+    def backward(ctx, ggx, ggw, ggb):
+        grad_output, input, weight = ctx.saved_tensors
+        grads = bilinear_double_backward(LinearFunction.apply, LinearBackward.apply, ctx.needs_input_grad,
+                                         grad_output, input, weight, ggx, ggw, ggb, -1)
+        return *grads, None
 
 
 register_autograd("manual_ops::linear_forward", LinearFunction)
@@ -58,4 +93,4 @@ def linear(input, weight, bias=None):
         - Input: :math:`(*, H_{in})`, where :math:`*` is any number of leading dimensions, including none.
         - Output: :math:`(*, H_{out})`.
     """
-    return LinearFunction.apply(input, weight, bias)
+    return _linear_apply(input, weight, bias)

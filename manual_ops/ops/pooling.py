@@ -1,8 +1,7 @@
 """Pooling: the autograd wiring around ``manual_ops::{max,avg,adaptive_avg}_pool2d_{forward,backward}``."""
 import torch
-from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of, register_autograd
+from .._utils import applier, memory_format_of, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -78,11 +77,20 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return torch.empty_like(input, memory_format=memory_format_of(input))
 
 
+def _gather_windows(values, indices):
+    """``values[..., indices]`` per plane: the value at each window's saved argmax (0 where a
+    window lies wholly in the padding, index -1). The adjoint of max_pool2d_backward."""
+    flat = indices.flatten(-2)
+    gathered = values.flatten(-2).gather(-1, flat.clamp(min=0)).masked_fill(flat < 0, 0)
+    return gathered.view(indices.shape)
+
+
 class MaxPool2dFunction(torch.autograd.Function):
     """max_pool2d returning ``(output, indices)``, whose backward is ``manual_ops::max_pool2d_backward``.
 
     ``apply(input, kernel_size, stride, padding, dilation, ceil_mode)`` takes a 3-D or 4-D input
-    and 2-tuples; ``indices`` is not differentiable.
+    and 2-tuples; ``indices`` is not differentiable. The backward is differentiable
+    (:class:`MaxPool2dBackward`); the forward-mode tangent is ``dx`` gathered at the argmax.
     """
 
     @staticmethod
@@ -92,14 +100,41 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0], output[1])
+        ctx.save_for_forward(output[1])
         ctx.mark_non_differentiable(output[1])
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output, grad_indices):
         input, indices = ctx.saved_tensors
-        grad_input = _ops.max_pool2d_backward(grad_output, input, indices) if ctx.needs_input_grad[0] else None
+        grad_input = MaxPool2dBackward.apply(grad_output, input, indices) if ctx.needs_input_grad[0] else None
         return grad_input, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_input, *_):
+        (indices,) = ctx.saved_tensors
+        return _gather_windows(d_input, indices), None
+
+
+_max_pool2d_apply = applier(MaxPool2dFunction)
+
+
+class MaxPool2dBackward(torch.autograd.Function):
+    """``manual_ops::max_pool2d_backward`` as a differentiable function: ``apply(grad_output, input,
+    indices)``. Linear in grad_output (a scatter-add to the argmax), so its grad w.r.t.
+    grad_output gathers at the argmax; w.r.t. the input it is zero almost everywhere."""
+
+    @staticmethod
+    def forward(grad_output, input, indices):
+        return _ops.max_pool2d_backward(grad_output, input, indices)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[2])
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        (indices,) = ctx.saved_tensors
+        return _gather_windows(grad_grad_input, indices), None, None
 
 
 register_autograd("manual_ops::max_pool2d_forward", MaxPool2dFunction)
@@ -109,6 +144,8 @@ class AvgPool2dFunction(torch.autograd.Function):
     """avg_pool2d whose backward is ``manual_ops::avg_pool2d_backward``.
 
     ``apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)``.
+    Linear, so the forward-mode tangent is the pooled ``dx``; the backward is differentiable
+    (:class:`AvgPool2dBackward`).
     """
 
     @staticmethod
@@ -122,12 +159,37 @@ class AvgPool2dFunction(torch.autograd.Function):
         ctx.pool_args = inputs[1:]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = _ops.avg_pool2d_backward(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0] else None
+        grad_input = AvgPool2dBackward.apply(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0] else None
         return grad_input, None, None, None, None, None, None
 
+    @staticmethod
+    def jvp(ctx, d_input, *_):
+        return _ops.avg_pool2d_forward(d_input, *ctx.pool_args)
+
+
+_avg_pool2d_apply = applier(AvgPool2dFunction)
+
+
+class AvgPool2dBackward(torch.autograd.Function):
+    """``manual_ops::avg_pool2d_backward`` as a differentiable function: ``apply(grad_output, input,
+    kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override)``. It is the
+    transpose of the (linear) average pooling, so its grad w.r.t. grad_output is average pooling
+    with the same divisors; it does not depend on the input's values."""
+
+    @staticmethod
+    def forward(grad_output, input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
+        return _ops.avg_pool2d_backward(grad_output, input, kernel_size, stride, padding, ceil_mode,
+                                        count_include_pad, divisor_override)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.pool_args = inputs[2:]
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        return AvgPool2dFunction.apply(grad_grad_input, *ctx.pool_args), None, None, None, None, None, None, None
 
 register_autograd("manual_ops::avg_pool2d_forward", AvgPool2dFunction)
 
@@ -135,7 +197,9 @@ register_autograd("manual_ops::avg_pool2d_forward", AvgPool2dFunction)
 class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     """adaptive_avg_pool2d whose backward is ``manual_ops::adaptive_avg_pool2d_backward``.
 
-    ``apply(input, output_size)`` with ``output_size`` a 2-tuple of ints.
+    ``apply(input, output_size)`` with ``output_size`` a 2-tuple of ints. Linear, so the
+    forward-mode tangent is the pooled ``dx``; the backward is differentiable
+    (:class:`AdaptiveAvgPool2dBackward`).
     """
 
     @staticmethod
@@ -145,13 +209,38 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[0])
+        ctx.output_size = inputs[1]
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = _ops.adaptive_avg_pool2d_backward(grad_output, input) if ctx.needs_input_grad[0] else None
+        grad_input = AdaptiveAvgPool2dBackward.apply(grad_output, input) if ctx.needs_input_grad[0] else None
         return grad_input, None
+
+    @staticmethod
+    def jvp(ctx, d_input, _):
+        return _ops.adaptive_avg_pool2d_forward(d_input, ctx.output_size)
+
+
+_adaptive_avg_pool2d_apply = applier(AdaptiveAvgPool2dFunction)
+
+
+class AdaptiveAvgPool2dBackward(torch.autograd.Function):
+    """``manual_ops::adaptive_avg_pool2d_backward`` as a differentiable function: ``apply(grad_output,
+    input)``. The transpose of adaptive average pooling, so its grad w.r.t. grad_output is
+    adaptive average pooling to grad_output's size; it does not depend on the input's values."""
+
+    @staticmethod
+    def forward(grad_output, input):
+        return _ops.adaptive_avg_pool2d_backward(grad_output, input)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.output_size = list(inputs[0].shape[-2:])
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        return AdaptiveAvgPool2dFunction.apply(grad_grad_input, ctx.output_size), None
 
 
 register_autograd("manual_ops::adaptive_avg_pool2d_forward", AdaptiveAvgPool2dFunction)
@@ -169,7 +258,7 @@ def max_pool2d_with_indices(input, kernel_size, stride=None, padding=0, dilation
     r"""2-D max pooling returning ``(output, indices)``. Same as
     :func:`torch.nn.functional.max_pool2d_with_indices`; see :func:`max_pool2d`."""
     kernel_size, stride, padding, dilation = _max_pool_args(kernel_size, stride, padding, dilation)
-    return MaxPool2dFunction.apply(input, kernel_size, stride, padding, dilation, ceil_mode)
+    return _max_pool2d_apply(input, kernel_size, stride, padding, dilation, ceil_mode)
 
 
 def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False, return_indices=False):
@@ -226,7 +315,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     kernel_size = _pool_pair(kernel_size, "kernel_size", "avg_pool2d")
     stride = _pool_pair(stride, "stride", "avg_pool2d", omittable=True) or kernel_size
     padding = _pool_pair(padding, "padding", "avg_pool2d")
-    return AvgPool2dFunction.apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    return _avg_pool2d_apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                    divisor_override)
 
 
@@ -252,4 +341,4 @@ def adaptive_avg_pool2d(input, output_size):
     if len(output_size) != 2:
         raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
     output_size = [input.shape[-2 + i] if v is None else v for i, v in enumerate(output_size)]
-    return AdaptiveAvgPool2dFunction.apply(input, output_size)
+    return _adaptive_avg_pool2d_apply(input, output_size)

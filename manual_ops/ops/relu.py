@@ -1,6 +1,7 @@
 """relu: the autograd wiring around ``manual_ops::relu_forward`` / ``relu_`` / ``relu_backward``."""
 import torch
-from torch.autograd.function import once_differentiable
+
+from .._utils import applier
 
 _ops = torch.ops.manual_ops
 
@@ -25,7 +26,9 @@ class ReLUFunction(torch.autograd.Function):
 
     ``apply(input, inplace)``; with ``inplace=True`` the input is overwritten and returned
     (marked dirty, as autograd requires). The backward needs only the output, so in-place
-    use saves nothing extra.
+    use saves nothing extra. The backward is differentiable (:class:`ReLUBackward`); the
+    tangent of forward-mode AD is ``relu_backward(dx, y)`` (written into the input's tangent
+    in place for ``inplace=True``).
     """
 
     @staticmethod
@@ -37,23 +40,50 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        if inputs[1]:
+        ctx.inplace = inputs[1]
+        if ctx.inplace:
             ctx.mark_dirty(inputs[0])
         ctx.save_for_backward(output)
+        ctx.save_for_forward(output)
 
     @staticmethod
-    @once_differentiable
     def backward(ctx, grad_output):
-        (result,) = ctx.saved_tensors
-        return _ops.relu_backward(grad_output, result), None
+        return ReLUBackward.apply(grad_output, ctx.saved_tensors[0]), None
 
+    @staticmethod
+    def jvp(ctx, d_input, _):
+        d_output = _ops.relu_backward(d_input, ctx.saved_tensors[0])
+        return d_input.copy_(d_output) if ctx.inplace else d_output
+
+
+_relu_apply = applier(ReLUFunction)
+
+
+class ReLUBackward(torch.autograd.Function):
+    """``manual_ops::relu_backward`` as a differentiable function: ``apply(grad_output, result)``.
+
+    ``grad_output * [result > 0]`` is linear in grad_output, so its grad w.r.t. grad_output is
+    relu_backward again; w.r.t. the result it is zero almost everywhere (as torch's).
+    """
+
+    @staticmethod
+    def forward(grad_output, result):
+        return _ops.relu_backward(grad_output, result)
+
+    @staticmethod
+    def setup_context(ctx, inputs, output):
+        ctx.save_for_backward(inputs[1])
+
+    @staticmethod
+    def backward(ctx, grad_grad_input):
+        return ReLUBackward.apply(grad_grad_input, ctx.saved_tensors[0]), None
 
 def _relu_op_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
 def _relu_op_backward(ctx, grad_output):
-    return _ops.relu_backward(grad_output, ctx.saved_tensors[0])
+    return ReLUBackward.apply(grad_output, ctx.saved_tensors[0])
 
 
 # relu_forward called directly differentiates like ReLUFunction (which also covers in-place use).
@@ -78,4 +108,4 @@ def relu(input, inplace=False):
             raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
         if input._is_view() and input._base.is_leaf:
             raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
-    return ReLUFunction.apply(input, inplace)
+    return _relu_apply(input, inplace)
