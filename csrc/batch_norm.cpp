@@ -4,6 +4,12 @@
 //
 // The input is read as contiguous NCL (N blocks of C rows of L = prod(spatial) values)
 // or, for channels-last 4-D input and L == 1, as NLC (N*L rows of C values).
+//
+// Dtypes: scalar_t is the input's; arithmetic is in opmath_t (float32 for bfloat16 and float16)
+// and the per-channel sums in acc_t (float64 for float32, float32 for bfloat16 and float16).
+// param_t is that of weight, bias, the running stats and the saved mean and invstd: the
+// input's, or float32 for a bfloat16/float16 input with float32 parameters (as autocast
+// gives, and as torch's CPU batch_norm accepts).
 #include "common.h"
 
 #include <ATen/AccumulateType.h>
@@ -17,7 +23,7 @@ namespace manual_ops {
 namespace {
 
 constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
-constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
+constexpr int64_t kChunk = 256;  // values per lane-chunk summed in opmath_t before flushing to acc_t
 
 struct Geometry {
   int64_t N, C, L;
@@ -57,22 +63,45 @@ acc_t shift_floor(const Floor& f, acc_t invstd, acc_t gamma) {
   return -static_cast<acc_t>(f.k) * (f.scale == FloorScale::Sigma ? acc_t(1) / invstd : std::abs(gamma));
 }
 
-void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input) {
+bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The parameters' dtype (param_t above): float32 when the input is bfloat16 or float16 and any
+// of `params` given is float32 (then all must be), else the input's.
+at::ScalarType param_type(const Tensor& input, std::initializer_list<std::optional<Tensor>> params) {
+  if (is_reduced_floating(input.scalar_type())) {
+    for (const auto& p : params)
+      if (has(p) && p->scalar_type() == at::kFloat) return at::kFloat;
+  }
+  return input.scalar_type();
+}
+
+// Calls fn(param_t()) with param_t = float for float32 parameters of a bfloat16/float16 input,
+// else scalar_t.
+template <typename scalar_t, typename Fn>
+void with_param_type(at::ScalarType ptype, Fn fn) {
+  if constexpr (!std::is_same_v<at::opmath_type<scalar_t>, scalar_t>) {
+    if (ptype == at::kFloat) return fn(float());
+  }
+  fn(scalar_t());
+}
+
+void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input,
+                       at::ScalarType ptype) {
   if (!t.has_value() || !t->defined()) return;
   const int64_t C = input.size(1);
   TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": ", name, " should contain ", C, " elements not ", t->numel(),
               ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", input.sizes(),
               "), but got ", name, " of size ", t->sizes());
-  check_same_dtype(op, "input", input, name, *t);
+  TORCH_CHECK(t->scalar_type() == ptype, op, ": expected ", name, " of dtype ", ptype, " for input of dtype ",
+              input.scalar_type(), " (weight, bias and running stats have the input's dtype, or all float32 for a ",
+              "bfloat16 or float16 input), but got ", name, " of dtype ", t->scalar_type());
 }
 
-bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
-
-template <typename scalar_t, typename acc_t>
+template <typename param_t, typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
   std::vector<acc_t> v(C, missing);
   if (has(t)) {
-    const auto a = t->accessor<scalar_t, 1>();
+    const auto a = t->accessor<param_t, 1>();
     for (int64_t c = 0; c < C; ++c) v[c] = a[c];
   }
   return v;
@@ -87,12 +116,12 @@ inline scalar_t lane_total(scalar_t* a) {
 }
 
 // Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
-// scalar_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
+// opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
 // kChunk values, each chunk's total added to the acc_t sums.
 #define MANUAL_OPS_ROW_SUMS(TERMS)                                  \
   for (int64_t l0 = 0; l0 < L; l0 += kChunk) {                      \
     const int64_t l1 = std::min(L, l0 + kChunk);                    \
-    scalar_t a1[kLanes] = {}, a2[kLanes] = {};                      \
+    opmath_t a1[kLanes] = {}, a2[kLanes] = {};                      \
     int64_t l = l0;                                                 \
     for (; l + kLanes <= l1; l += kLanes)                           \
       for (int j = 0; j < kLanes; ++j) TERMS(l + j, j);             \
@@ -101,18 +130,18 @@ inline scalar_t lane_total(scalar_t* a) {
   }
 
 // s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
-template <typename scalar_t, typename acc_t>
-inline void add_moments_row(const scalar_t* __restrict x, int64_t L, scalar_t K, acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { const scalar_t d = x[i] - K; a1[j] += d; a2[j] += d * d; }
+template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
+inline void add_moments_row(const scalar_t* __restrict x, int64_t L, opmath_t K, acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { const opmath_t d = opmath_t(x[i]) - K; a1[j] += d; a2[j] += d * d; }
   MANUAL_OPS_ROW_SUMS(TERMS)
 #undef TERMS
 }
 
 // s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
-template <typename scalar_t, typename acc_t>
-inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, scalar_t mu,
+template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
+inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, opmath_t mu,
                          acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { a1[j] += dy[i]; a2[j] += dy[i] * (x[i] - mu); }
+#define TERMS(i, j) { const opmath_t g = dy[i]; a1[j] += g; a2[j] += g * (opmath_t(x[i]) - mu); }
   MANUAL_OPS_ROW_SUMS(TERMS)
 #undef TERMS
 }
@@ -140,28 +169,30 @@ void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std
 // out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
 // be null (that term is dropped). Forward: y = scale * (x - mu) + beta' (v = x; subtracting mu
 // first keeps the digits when |mu| >> sigma); backward: dx = a * delta + b * (x - mu) + k.
-template <typename scalar_t>
-void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<scalar_t>& a,
-                        const std::vector<scalar_t>& b, const std::vector<scalar_t>& m,
-                        const std::vector<scalar_t>& k, scalar_t* out) {
+// Computed in opmath_t, rounded once to scalar_t.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<opmath_t>& a,
+                        const std::vector<opmath_t>& b, const std::vector<opmath_t>& m,
+                        const std::vector<opmath_t>& k, scalar_t* out) {
   const int64_t C = g.C, L = g.L;
   // One contiguous run of n values of one channel (NCL), or one row of all channels (NLC,
   // coefficients indexed by j); the three loops are the three combinations of terms.
   // step is 0 (NCL: one channel's coefficients) or 1 (NLC), at compile time so the loops vectorise.
-  auto run = [&](auto step_t, int64_t o, int64_t n, const scalar_t* A, const scalar_t* B, const scalar_t* Mu,
-                 const scalar_t* K) {
+  auto run = [&](auto step_t, int64_t o, int64_t n, const opmath_t* A, const opmath_t* B, const opmath_t* Mu,
+                 const opmath_t* K) {
     constexpr int64_t step = decltype(step_t)::value;
     if (u && v) {
       for (int64_t j = 0; j < n; ++j)
-        out[o + j] = A[j * step] * u[o + j] + B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+        out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) +
+                              K[j * step]);
     } else if (v) {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) + K[j * step]);
     } else {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = A[j * step] * u[o + j] + K[j * step];
+      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + K[j * step]);
     }
   };
-  const scalar_t zero = 0;
-  auto coeff = [&](const std::vector<scalar_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
+  const opmath_t zero = 0;
+  auto coeff = [&](const std::vector<opmath_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
@@ -197,10 +228,11 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
     TORCH_CHECK(has(running_mean), "running_mean must be defined in evaluation mode");
     TORCH_CHECK(has(running_var), "running_var must be defined in evaluation mode");
   }
-  check_per_channel(op, "running_mean", running_mean, input);
-  check_per_channel(op, "running_var", running_var, input);
-  check_per_channel(op, "weight", weight, input);
-  check_per_channel(op, "bias", bias, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias, running_mean, running_var});
+  check_per_channel(op, "running_mean", running_mean, input, ptype);
+  check_per_channel(op, "running_var", running_var, input, ptype);
+  check_per_channel(op, "weight", weight, input, ptype);
+  check_per_channel(op, "bias", bias, input, ptype);
   TORCH_CHECK(has(running_mean) == has(running_var), op,
               ": running_mean and running_var must both be given or both be None");
   if (has(num_batches_tracked)) {
@@ -218,7 +250,7 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
 //   running_mean <- (1-m) running_mean + m mu,  running_var <- (1-m) running_var + m var M/(M-1),
 // with m = momentum, or 1/(num_batches_tracked + 1) when momentum is None.
 // Eval: mu, invstd from the running stats. beta' = beta, or max(beta, -k*s) when clamped.
-// Returns (y, mu, invstd); backward needs only these.
+// Returns (y, mu, invstd), mu and invstd in param_t; backward needs only these.
 std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
     const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
@@ -230,13 +262,17 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
 
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias, running_mean, running_var});
   Tensor out = at::empty_like(x);
-  Tensor save_mean = at::empty({g.C}, input.options());
-  Tensor save_invstd = at::empty({g.C}, input.options());
+  Tensor save_mean = at::empty({g.C}, input.options().dtype(ptype));
+  Tensor save_invstd = at::empty({g.C}, input.options().dtype(ptype));
   const bool update = training && has(running_mean) && g.M() > 0;
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_forward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_forward", [&] {
+   with_param_type<scalar_t>(ptype, [&](auto param_v) {
+    using param_t = decltype(param_v);
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const int64_t C = g.C, M = g.M();
     std::vector<acc_t> mean(C), var(C);
@@ -249,7 +285,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
           [&](int64_t r, acc_t* s1, acc_t* s2) {
             if (!g.nlc) {
               const int64_t c = r % C;
-              add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+              add_moments_row(xp + r * g.L, g.L, opmath_t(K[c]), s1[c], s2[c]);
               return;
             }
             const scalar_t* row = xp + r * C;
@@ -266,39 +302,41 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
         var[c] = v < 0 ? acc_t(0) : v;  // rounding can take it just below 0; NaN stays NaN
       }
     } else {
-      mean = per_channel<scalar_t, acc_t>(running_mean, C, 0);
-      var = per_channel<scalar_t, acc_t>(running_var, C, 0);
+      mean = per_channel<param_t, acc_t>(running_mean, C, 0);
+      var = per_channel<param_t, acc_t>(running_var, C, 0);
     }
 
-    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
-    std::vector<scalar_t> scale(C), shift(C), save_mean_v(C);
-    scalar_t* mp = save_mean.mutable_data_ptr<scalar_t>();
-    scalar_t* ip = save_invstd.mutable_data_ptr<scalar_t>();
+    const std::vector<acc_t> gamma = per_channel<param_t, acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<param_t, acc_t>(bias, C, 0);
+    std::vector<opmath_t> scale(C), shift(C), mean_v(C);
+    param_t* mp = save_mean.mutable_data_ptr<param_t>();
+    param_t* ip = save_invstd.mutable_data_ptr<param_t>();
     for (int64_t c = 0; c < C; ++c) {
-      mp[c] = save_mean_v[c] = scalar_t(mean[c]);
-      ip[c] = scalar_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
+      mp[c] = param_t(mean[c]);
+      mean_v[c] = opmath_t(mean[c]);
+      ip[c] = param_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
       acc_t b = beta[c];
       if (floor.on()) {
-        const acc_t f = shift_floor<acc_t>(floor, ip[c], gamma[c]);
+        const acc_t f = shift_floor<acc_t>(floor, acc_t(ip[c]), gamma[c]);
         if (b < f) b = f;
       }
-      scale[c] = scalar_t(gamma[c] * acc_t(ip[c]));
-      shift[c] = scalar_t(b);
+      scale[c] = opmath_t(gamma[c] * acc_t(ip[c]));
+      shift[c] = opmath_t(b);
     }
-    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, save_mean_v, shift, out.mutable_data_ptr<scalar_t>());
+    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, mean_v, shift, out.mutable_data_ptr<scalar_t>());
 
     if (update) {
       const acc_t m = momentum.has_value()
                           ? acc_t(*momentum)
                           : acc_t(1) / acc_t(num_batches_tracked->item<int64_t>() + 1);
-      auto rm = running_mean->accessor<scalar_t, 1>();
-      auto rv = running_var->accessor<scalar_t, 1>();
+      auto rm = running_mean->accessor<param_t, 1>();
+      auto rv = running_var->accessor<param_t, 1>();
       for (int64_t c = 0; c < C; ++c) {
-        rm[c] = scalar_t((1 - m) * acc_t(rm[c]) + m * mean[c]);
-        rv[c] = scalar_t((1 - m) * acc_t(rv[c]) + m * var[c] * acc_t(M) / acc_t(M - 1));
+        rm[c] = param_t((1 - m) * acc_t(rm[c]) + m * mean[c]);
+        rv[c] = param_t((1 - m) * acc_t(rv[c]) + m * var[c] * acc_t(M) / acc_t(M - 1));
       }
     }
+   });
   });
   if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);
   return {out, save_mean, save_invstd};
@@ -323,30 +361,34 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
   TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
               ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
-  check_per_channel(op, "weight", weight, input);
-  check_per_channel(op, "bias", bias, input);
-  check_per_channel(op, "save_mean", save_mean, input);
-  check_per_channel(op, "save_invstd", save_invstd, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias, save_mean, save_invstd});
+  check_per_channel(op, "weight", weight, input, ptype);
+  check_per_channel(op, "bias", bias, input, ptype);
+  check_per_channel(op, "save_mean", save_mean, input, ptype);
+  check_per_channel(op, "save_invstd", save_invstd, input, ptype);
   const Floor floor = floor_of(op, beta_floor, floor_scale);
 
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
   const Tensor dy = dense(grad_output, input);
   Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options()) : Tensor();
+  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options().dtype(ptype)) : Tensor();
+  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options().dtype(ptype)) : Tensor();
   const bool need_sums = output_mask[1] || output_mask[2] || (output_mask[0] && training);
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_backward", [&] {
+   with_param_type<scalar_t>(ptype, [&](auto param_v) {
+    using param_t = decltype(param_v);
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const int64_t C = g.C;
     const acc_t M = acc_t(g.M());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const std::vector<acc_t> mean = per_channel<scalar_t, acc_t>(save_mean, C, 0);
-    const std::vector<acc_t> invstd = per_channel<scalar_t, acc_t>(save_invstd, C, 0);
-    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+    const std::vector<acc_t> mean = per_channel<param_t, acc_t>(save_mean, C, 0);
+    const std::vector<acc_t> invstd = per_channel<param_t, acc_t>(save_invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<param_t, acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<param_t, acc_t>(bias, C, 0);
 
     std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
     if (need_sums) {
@@ -355,7 +397,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
           [&](int64_t r, acc_t* s1, acc_t* s2) {
             if (!g.nlc) {
               const int64_t c = r % C;
-              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+              add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, opmath_t(mean[c]), s1[c], s2[c]);
               return;
             }
             const scalar_t *d = dyp + r * C, *p = xp + r * C;
@@ -367,7 +409,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
           sum_dy, sum_dy_xmu);
     }
 
-    std::vector<scalar_t> a(C), b(C), mu(C), k(C);
+    std::vector<opmath_t> a(C), b(C), mu(C), k(C);
     for (int64_t c = 0; c < C; ++c) {
       const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, invstd[c], gamma[c]);
       acc_t dgamma = invstd[c] * sum_dy_xmu[c], dbeta = sum_dy[c];
@@ -384,13 +426,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
           bc -= acc_t(floor.k) * invstd[c] * sum_dy[c] / M;
         }
       }
-      a[c] = scalar_t(ac), b[c] = scalar_t(bc), mu[c] = scalar_t(mean[c]), k[c] = scalar_t(kc);
-      if (output_mask[1]) grad_weight.mutable_data_ptr<scalar_t>()[c] = scalar_t(dgamma);
-      if (output_mask[2]) grad_bias.mutable_data_ptr<scalar_t>()[c] = scalar_t(dbeta);
+      a[c] = opmath_t(ac), b[c] = opmath_t(bc), mu[c] = opmath_t(mean[c]), k[c] = opmath_t(kc);
+      if (output_mask[1]) grad_weight.mutable_data_ptr<param_t>()[c] = param_t(dgamma);
+      if (output_mask[2]) grad_bias.mutable_data_ptr<param_t>()[c] = param_t(dbeta);
     }
     if (output_mask[0]) {
       per_channel_affine<scalar_t>(g, dyp, training ? xp : nullptr, a, b, mu, k, grad_input.mutable_data_ptr<scalar_t>());
     }
+   });
   });
   return {grad_input, grad_weight, grad_bias};
 }

@@ -31,3 +31,16 @@ def register_autograd(op: str, function: type) -> None:
     backward, so that ``torch.ops.manual_ops.*`` called directly differentiates exactly as the
     ``torch.autograd.Function`` does (instead of autograd's warn-and-ignore fallback)."""
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
+
+
+def apply(function: type, op, *args):
+    """``function.apply(*args)``, or, under autocast for the first argument's device, the operator ``op``
+    (whose autograd kernel is ``function``'s, see :func:`register_autograd`) called with ``args``.
+
+    Through the operator, its autocast kernel (csrc/autocast.cpp) casts the inputs before its autograd
+    kernel records them, as for torch's own ops: autograd then saves the cast tensors and casts the
+    gradients back to the inputs' dtypes. Inside ``function.forward`` the cast would come too late.
+    """
+    if torch.is_autocast_enabled(args[0].device.type):
+        return op(*args)
+    return function.apply(*args)

@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import memory_format_of, pair, register_autograd
+from .._utils import apply, memory_format_of, pair, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -102,5 +102,6 @@ def conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
     padding = _padding(padding, weight, stride, dilation)
     if input.dim() == 3:
-        return Conv2dFunction.apply(input.unsqueeze(0), weight, bias, stride, padding, dilation, groups).squeeze(0)
-    return Conv2dFunction.apply(input, weight, bias, stride, padding, dilation, groups)
+        return apply(Conv2dFunction, _ops.conv2d_forward, input.unsqueeze(0), weight, bias, stride, padding, dilation,
+                     groups).squeeze(0)
+    return apply(Conv2dFunction, _ops.conv2d_forward, input, weight, bias, stride, padding, dilation, groups)

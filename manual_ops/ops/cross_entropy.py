@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import register_autograd
+from .._utils import apply, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -101,7 +101,8 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
             raise RuntimeError(f"cross_entropy: expected a 0-D target for an unbatched input of size "
                                f"{list(input.shape)}, but got target of size {list(target.shape)}")
         target = target.unsqueeze(0) if probabilities else target.reshape(1)
-        loss = CrossEntropyFunction.apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
-                                          label_smoothing)[0]
+        loss = apply(CrossEntropyFunction, _ops.cross_entropy_forward, input.unsqueeze(0), target, weight, reduction,
+                     ignore_index, label_smoothing)[0]
         return loss.squeeze(0) if reduction == "none" else loss
-    return CrossEntropyFunction.apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]
+    return apply(CrossEntropyFunction, _ops.cross_entropy_forward, input, target, weight, reduction, ignore_index,
+                 label_smoothing)[0]

@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import register_autograd
+from .._utils import apply, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -58,4 +58,4 @@ def linear(input, weight, bias=None):
         - Input: :math:`(*, H_{in})`, where :math:`*` is any number of leading dimensions, including none.
         - Output: :math:`(*, H_{out})`.
     """
-    return LinearFunction.apply(input, weight, bias)
+    return apply(LinearFunction, _ops.linear_forward, input, weight, bias)
