@@ -6,10 +6,12 @@
 // or, for channels-last 4-D input and L == 1, as NLC (N*L rows of C values).
 //
 // Dtypes: scalar_t is the input's; arithmetic is in opmath_t (float32 for bfloat16 and float16)
-// and the per-channel sums in acc_t (float64 for float32, float32 for bfloat16 and float16).
-// param_t is that of weight, bias, the running stats and the saved mean and invstd: the
-// input's, or float32 for a bfloat16/float16 input with float32 parameters (as autocast
-// gives, and as torch's CPU batch_norm accepts).
+// and the per-channel values in acc_t (float64 for float32, float32 for bfloat16 and float16).
+// Weight, bias and running stats have the parameter dtype: the input's, or float32 for a
+// bfloat16/float16 input with float32 parameters (as autocast gives, and as torch's CPU
+// batch_norm accepts). The saved mean and invstd have it too in training (as torch's); in
+// eval, where torch saves nothing and its backward recomputes invstd in float32 from the
+// running stats, they are saved in float32 for bfloat16/float16 (stats_type below).
 #include "common.h"
 
 #include <ATen/AccumulateType.h>
@@ -65,8 +67,8 @@ acc_t shift_floor(const Floor& f, acc_t invstd, acc_t gamma) {
 
 bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
 
-// The parameters' dtype (param_t above): float32 when the input is bfloat16 or float16 and any
-// of `params` given is float32 (then all must be), else the input's.
+// The parameter dtype: float32 when the input is bfloat16 or float16 and any of `params` given
+// is float32 (then all must be), else the input's.
 at::ScalarType param_type(const Tensor& input, std::initializer_list<std::optional<Tensor>> params) {
   if (is_reduced_floating(input.scalar_type())) {
     for (const auto& p : params)
@@ -75,33 +77,34 @@ at::ScalarType param_type(const Tensor& input, std::initializer_list<std::option
   return input.scalar_type();
 }
 
-// Calls fn(param_t()) with param_t = float for float32 parameters of a bfloat16/float16 input,
-// else scalar_t.
-template <typename scalar_t, typename Fn>
-void with_param_type(at::ScalarType ptype, Fn fn) {
-  if constexpr (!std::is_same_v<at::opmath_type<scalar_t>, scalar_t>) {
-    if (ptype == at::kFloat) return fn(float());
-  }
-  fn(scalar_t());
+// The dtype of the saved mean and invstd (see the top of the file).
+at::ScalarType stats_type(at::ScalarType ptype, bool training) { return training ? ptype : at::toOpMathType(ptype); }
+
+// A 1-D tensor of dtype `dtype` holding the values v.
+template <typename acc_t>
+Tensor as_tensor(const std::vector<acc_t>& v, const Tensor& like, at::ScalarType dtype) {
+  return at::tensor(at::ArrayRef<acc_t>(v), like.options().dtype(c10::CppTypeToScalarType<acc_t>::value)).to(dtype);
 }
 
 void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input,
-                       at::ScalarType ptype) {
+                       at::ScalarType dtype) {
   if (!t.has_value() || !t->defined()) return;
   const int64_t C = input.size(1);
   TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": ", name, " should contain ", C, " elements not ", t->numel(),
               ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", input.sizes(),
               "), but got ", name, " of size ", t->sizes());
-  TORCH_CHECK(t->scalar_type() == ptype, op, ": expected ", name, " of dtype ", ptype, " for input of dtype ",
+  TORCH_CHECK(t->scalar_type() == dtype, op, ": expected ", name, " of dtype ", dtype, " for input of dtype ",
               input.scalar_type(), " (weight, bias and running stats have the input's dtype, or all float32 for a ",
               "bfloat16 or float16 input), but got ", name, " of dtype ", t->scalar_type());
 }
 
-template <typename param_t, typename acc_t>
+// The C values of a per-channel tensor of any floating dtype, as acc_t (`missing` when absent).
+template <typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
   std::vector<acc_t> v(C, missing);
   if (has(t)) {
-    const auto a = t->accessor<param_t, 1>();
+    const Tensor converted = t->to(c10::CppTypeToScalarType<acc_t>::value);
+    const auto a = converted.accessor<acc_t, 1>();
     for (int64_t c = 0; c < C; ++c) v[c] = a[c];
   }
   return v;
@@ -260,17 +263,16 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
   check_forward(op, input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps);
   const Floor floor = floor_of(op, beta_floor, floor_scale);
 
+  at::AutoDispatchBelowADInplaceOrView guard;  // the ATen calls below are ours, not autograd's
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
   const at::ScalarType ptype = param_type(input, {weight, bias, running_mean, running_var});
+  const at::ScalarType stype = stats_type(ptype, training);
   Tensor out = at::empty_like(x);
-  Tensor save_mean = at::empty({g.C}, input.options().dtype(ptype));
-  Tensor save_invstd = at::empty({g.C}, input.options().dtype(ptype));
+  Tensor save_mean, save_invstd;
   const bool update = training && has(running_mean) && g.M() > 0;
 
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_forward", [&] {
-   with_param_type<scalar_t>(ptype, [&](auto param_v) {
-    using param_t = decltype(param_v);
     using acc_t = at::acc_type<scalar_t, false>;
     using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
@@ -302,25 +304,27 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
         var[c] = v < 0 ? acc_t(0) : v;  // rounding can take it just below 0; NaN stays NaN
       }
     } else {
-      mean = per_channel<param_t, acc_t>(running_mean, C, 0);
-      var = per_channel<param_t, acc_t>(running_var, C, 0);
+      mean = per_channel<acc_t>(running_mean, C, 0);
+      var = per_channel<acc_t>(running_var, C, 0);
     }
 
-    const std::vector<acc_t> gamma = per_channel<param_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<param_t, acc_t>(bias, C, 0);
+    std::vector<acc_t> invstd(C);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = acc_t(1) / std::sqrt(var[c] + acc_t(eps));
+    save_mean = as_tensor(mean, input, stype);
+    save_invstd = as_tensor(invstd, input, stype);
+    // The floor of the clamped shift from the saved (rounded) invstd, as the backward sees it.
+    const std::vector<acc_t> saved_invstd = floor.on() ? per_channel<acc_t>(save_invstd, C, 0) : invstd;
+    const std::vector<acc_t> gamma = per_channel<acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<acc_t>(bias, C, 0);
     std::vector<opmath_t> scale(C), shift(C), mean_v(C);
-    param_t* mp = save_mean.mutable_data_ptr<param_t>();
-    param_t* ip = save_invstd.mutable_data_ptr<param_t>();
     for (int64_t c = 0; c < C; ++c) {
-      mp[c] = param_t(mean[c]);
       mean_v[c] = opmath_t(mean[c]);
-      ip[c] = param_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
       acc_t b = beta[c];
       if (floor.on()) {
-        const acc_t f = shift_floor<acc_t>(floor, acc_t(ip[c]), gamma[c]);
+        const acc_t f = shift_floor<acc_t>(floor, saved_invstd[c], gamma[c]);
         if (b < f) b = f;
       }
-      scale[c] = opmath_t(gamma[c] * acc_t(ip[c]));
+      scale[c] = opmath_t(gamma[c] * invstd[c]);
       shift[c] = opmath_t(b);
     }
     per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, mean_v, shift, out.mutable_data_ptr<scalar_t>());
@@ -329,14 +333,14 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
       const acc_t m = momentum.has_value()
                           ? acc_t(*momentum)
                           : acc_t(1) / acc_t(num_batches_tracked->item<int64_t>() + 1);
-      auto rm = running_mean->accessor<param_t, 1>();
-      auto rv = running_var->accessor<param_t, 1>();
+      std::vector<acc_t> rm = per_channel<acc_t>(running_mean, C, 0), rv = per_channel<acc_t>(running_var, C, 0);
       for (int64_t c = 0; c < C; ++c) {
-        rm[c] = param_t((1 - m) * acc_t(rm[c]) + m * mean[c]);
-        rv[c] = param_t((1 - m) * acc_t(rv[c]) + m * var[c] * acc_t(M) / acc_t(M - 1));
+        rm[c] = (1 - m) * rm[c] + m * mean[c];
+        rv[c] = (1 - m) * rv[c] + m * var[c] * acc_t(M) / acc_t(M - 1);
       }
+      running_mean->copy_(as_tensor(rm, input, ptype));
+      running_var->copy_(as_tensor(rv, input, ptype));
     }
-   });
   });
   if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);
   return {out, save_mean, save_invstd};
@@ -356,39 +360,38 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
                                                        std::optional<double> beta_floor, c10::string_view floor_scale,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "batch_norm_backward";
+  at::AutoDispatchBelowADInplaceOrView guard;
   TORCH_CHECK(input.dim() >= 2, op, ": expected input of size (N, C, *), but got input of size ", input.sizes());
   check_floating(op, "input", input);
   TORCH_CHECK(grad_output.sizes() == input.sizes(), op, ": expected grad_output of size ", input.sizes(),
               ", but got grad_output of size ", grad_output.sizes());
   check_same_dtype(op, "input", input, "grad_output", grad_output);
-  const at::ScalarType ptype = param_type(input, {weight, bias, save_mean, save_invstd});
+  const at::ScalarType ptype = training ? param_type(input, {weight, bias, save_mean, save_invstd})
+                                        : param_type(input, {weight, bias});
   check_per_channel(op, "weight", weight, input, ptype);
   check_per_channel(op, "bias", bias, input, ptype);
-  check_per_channel(op, "save_mean", save_mean, input, ptype);
-  check_per_channel(op, "save_invstd", save_invstd, input, ptype);
+  check_per_channel(op, "save_mean", save_mean, input, stats_type(ptype, training));
+  check_per_channel(op, "save_invstd", save_invstd, input, stats_type(ptype, training));
   const Floor floor = floor_of(op, beta_floor, floor_scale);
 
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
   const Tensor dy = dense(grad_output, input);
   Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options().dtype(ptype)) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options().dtype(ptype)) : Tensor();
+  Tensor grad_weight, grad_bias;
   const bool need_sums = output_mask[1] || output_mask[2] || (output_mask[0] && training);
 
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_backward", [&] {
-   with_param_type<scalar_t>(ptype, [&](auto param_v) {
-    using param_t = decltype(param_v);
     using acc_t = at::acc_type<scalar_t, false>;
     using opmath_t = at::opmath_type<scalar_t>;
     const int64_t C = g.C;
     const acc_t M = acc_t(g.M());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const std::vector<acc_t> mean = per_channel<param_t, acc_t>(save_mean, C, 0);
-    const std::vector<acc_t> invstd = per_channel<param_t, acc_t>(save_invstd, C, 0);
-    const std::vector<acc_t> gamma = per_channel<param_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<param_t, acc_t>(bias, C, 0);
+    const std::vector<acc_t> mean = per_channel<acc_t>(save_mean, C, 0);
+    const std::vector<acc_t> invstd = per_channel<acc_t>(save_invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<acc_t>(bias, C, 0);
 
     std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
     if (need_sums) {
@@ -410,6 +413,7 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
     }
 
     std::vector<opmath_t> a(C), b(C), mu(C), k(C);
+    std::vector<acc_t> dgammas(C), dbetas(C);
     for (int64_t c = 0; c < C; ++c) {
       const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, invstd[c], gamma[c]);
       acc_t dgamma = invstd[c] * sum_dy_xmu[c], dbeta = sum_dy[c];
@@ -427,13 +431,13 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
         }
       }
       a[c] = opmath_t(ac), b[c] = opmath_t(bc), mu[c] = opmath_t(mean[c]), k[c] = opmath_t(kc);
-      if (output_mask[1]) grad_weight.mutable_data_ptr<param_t>()[c] = param_t(dgamma);
-      if (output_mask[2]) grad_bias.mutable_data_ptr<param_t>()[c] = param_t(dbeta);
+      dgammas[c] = dgamma, dbetas[c] = dbeta;
     }
+    if (output_mask[1]) grad_weight = as_tensor(dgammas, input, ptype);
+    if (output_mask[2]) grad_bias = as_tensor(dbetas, input, ptype);
     if (output_mask[0]) {
       per_channel_affine<scalar_t>(g, dyp, training ? xp : nullptr, a, b, mu, k, grad_input.mutable_data_ptr<scalar_t>());
     }
-   });
   });
   return {grad_input, grad_weight, grad_bias};
 }

@@ -122,8 +122,7 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
 // W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
 // compute dtype (a view of a contiguous weight of that dtype, else of a converted copy).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  return weight.to(weight.options().dtype(compute_type(weight)), false, false, at::MemoryFormat::Contiguous)
-      .view({G.Cout, G.K()});
+  return weight.contiguous().to(compute_type(weight)).view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
