@@ -4,7 +4,9 @@ Both runs start from the same weights and see the same batches in the same order
 the loss, accuracy and time of each are printed side by side. Outputs in ``--out``:
 ``curves.png`` (loss and accuracy of both runs), ``summary.json`` and ``checkpoint.pt``
 (written atomically after every epoch; ``--resume`` continues from it). The state_dicts in
-the checkpoint load strictly into the built-in model.
+the checkpoint load strictly into the built-in model. ``--amp bf16|fp16`` trains both under
+``torch.autocast`` (float16 with a ``torch.amp.GradScaler``); ``--dtype float64`` trains both in
+float64, where the two runs agree to rounding for many steps.
 """
 import copy
 import json
@@ -23,6 +25,8 @@ from . import nn as mnn
 from .convert import convert
 
 CHECKPOINT = "checkpoint.pt"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class UsageError(Exception):
@@ -60,20 +64,32 @@ class Run:
     loss_fn: nn.Module
     lr: float
     epochs: int
+    amp: torch.dtype | None = None  # autocast dtype, or None
     history: list = field(default_factory=list)
 
     def __post_init__(self):
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.epochs, 1))
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cpu") if self.amp == torch.float16 else None
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
 
     def step(self, x, y):
         """One SGD step; returns (loss, number correct). Gradients stay on the parameters until the next step."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(x)
-        loss = self.loss_fn(out, y)
-        loss.backward()
-        self.optimizer.step()
+        with self._autocast():
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # unscales the grads first; skips the step if any is inf/NaN
+            self.scaler.update()
         return loss.item(), (out.argmax(1) == y).sum().item()
 
     @torch.no_grad()
@@ -81,19 +97,25 @@ class Run:
         self.model.eval()
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            out = self.model(x[i:i + batch_size])
-            total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
+            with self._autocast():
+                out = self.model(x[i:i + batch_size])
+                total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
             correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
         return total_loss / max(len(x), 1), correct / max(len(x), 1)
 
     def state(self):
-        return {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "history": self.history}
+        state = {"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "history": self.history}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load(self, state):
         self.model.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.history = state["history"]
 
 
@@ -174,6 +196,9 @@ def train(args, log=None):
     if args.epochs < 1 or args.batch_size < 1 or not (args.lr > 0 and math.isfinite(args.lr)):
         raise UsageError("--epochs and --batch-size must be positive integers and --lr a positive number")
     clamped_beta = parse_bn(args.bn)
+    amp, dtype = AMP_DTYPES.get(args.amp), DTYPES[args.dtype]
+    if amp is not None and dtype != torch.float32:
+        raise UsageError(f"--amp {args.amp} trains float32 parameters under autocast; not with --dtype {args.dtype}")
     try:
         dataset = data_module.load(args.data)
     except data_module.DataError as e:
@@ -182,20 +207,23 @@ def train(args, log=None):
         dataset.train_x, dataset.train_y = dataset.train_x[:args.max_train], dataset.train_y[:args.max_train]
     if args.max_test:
         dataset.test_x, dataset.test_y = dataset.test_x[:args.max_test], dataset.test_y[:args.max_test]
-    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta)
-    runs = {"built-in": Run(builtin, nn.CrossEntropyLoss(), args.lr, args.epochs),
-            "manual": Run(manual, mnn.CrossEntropyLoss(), args.lr, args.epochs)}
+    dataset.train_x, dataset.test_x = dataset.train_x.to(dtype), dataset.test_x.to(dtype)
+    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta, dtype)
+    runs = {"built-in": Run(builtin, nn.CrossEntropyLoss(), args.lr, args.epochs, amp),
+            "manual": Run(manual, mnn.CrossEntropyLoss(), args.lr, args.epochs, amp)}
 
     os.makedirs(args.out, exist_ok=True)
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
-    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs")}
+    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs", "amp", "dtype")}
     start_epoch, first_step = 0, None
     if args.resume:
         if not os.path.isfile(checkpoint_path):
             raise UsageError(f"--resume: no checkpoint at {checkpoint_path}")
         try:
             ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            changed = [k for k in ("data", "model", "bn", "seed", "batch_size") if ckpt["config"][k] != config[k]]
+            defaults = {"amp": None, "dtype": "float32"}  # checkpoints from before these options
+            changed = [k for k in ("data", "model", "bn", "seed", "batch_size", "amp", "dtype")
+                       if ckpt["config"].get(k, defaults.get(k)) != config[k]]
             if changed:
                 raise UsageError(f"--resume: the checkpoint was made with different {', '.join(changed)}")
             for label, run in runs.items():
@@ -209,7 +237,8 @@ def train(args, log=None):
 
     log(f"{args.model} on {dataset.name}: {len(dataset.train_y)} train / {len(dataset.test_y)} test images of size "
         f"{dataset.in_channels}x{dataset.input_size[0]}x{dataset.input_size[1]}, batch {args.batch_size}, "
-        f"lr {args.lr}, bn {args.bn}, {torch.get_num_threads()} threads")
+        f"lr {args.lr}, bn {args.bn}, {args.dtype}{f', autocast {args.amp}' if amp else ''}, "
+        f"{torch.get_num_threads()} threads")
     header = f"{'epoch':>5} {'run':>9} {'train loss':>10} {'train acc':>9} {'test loss':>10} {'test acc':>9} {'time':>9}"
     for epoch in range(start_epoch, args.epochs):
         batches = _batches(len(dataset.train_y), args.batch_size, args.seed, epoch)
@@ -267,6 +296,10 @@ def add_arguments(parser):
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--lr", type=float, default=0.05)
     parser.add_argument("--bn", default="plain", help="'plain', or 'clamped:K' for ClampedBatchNorm2d(beta_floor=K)")
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+                        help="train both runs under torch.autocast to bfloat16 or float16 (float16 with a GradScaler)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="dtype of the parameters and data; float64 for exact comparisons")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/train", help="folder for curves.png, summary.json, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
