@@ -122,7 +122,9 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const Adaptive
         const Window rows = row_windows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const Window cols = col_windows[ow];
-          const scalar_t grad = dy[(p * g.OH + oh) * g.OW + ow] / static_cast<scalar_t>(rows.size() * cols.size());
+          using opmath_t = at::opmath_type<scalar_t>;
+          const scalar_t grad = static_cast<scalar_t>(opmath_t(dy[(p * g.OH + oh) * g.OW + ow]) /
+                                                      static_cast<opmath_t>(rows.size() * cols.size()));
           if (cols.size() == g.W) {
             spread(gi + rows.begin * g.W, rows.size() * g.W, grad, tiles);
           } else {
@@ -137,7 +139,7 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const Adaptive
 }
 
 // Backward, NHWC: the same spreading, vectorised along C; one image per task.
-template <typename scalar_t>
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const AdaptiveGeometry& g) {
   const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
   const int64_t C = g.C;
@@ -148,12 +150,12 @@ void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const Adaptive
         const Window rows = row_windows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const Window cols = col_windows[ow];
-          const scalar_t area = static_cast<scalar_t>(rows.size() * cols.size());
+          const opmath_t area = static_cast<opmath_t>(rows.size() * cols.size());
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
           for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
             for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
               scalar_t* dst = dx + ((n * g.H + ih) * g.W + iw) * C;
-              for (int64_t c = 0; c < C; ++c) dst[c] += grad[c] / area;
+              for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<scalar_t>(opmath_t(grad[c]) / area);
             }
           }
         }
@@ -188,7 +190,7 @@ Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size)
   const at::MemoryFormat fmt = memory_format_of(input);
   const Tensor x = input.contiguous(fmt);
   Tensor out = at::empty(output_sizes(g), input.options().memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d_forward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward", [&] {
     auto kernel = fmt == at::MemoryFormat::ChannelsLast ? adaptive_avg_nhwc<scalar_t> : adaptive_avg_nchw<scalar_t>;
     kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g);
   });
@@ -205,7 +207,7 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
   const at::MemoryFormat fmt = memory_format_of(input);
   const Tensor dy = grad_output.contiguous(fmt);
   Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
     auto kernel = fmt == at::MemoryFormat::ChannelsLast ? adaptive_avg_backward_nhwc<scalar_t>
                                                         : adaptive_avg_backward_nchw<scalar_t>;
     kernel(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), g);

@@ -1,8 +1,12 @@
 // 2-D average pooling and its hand-written backward.
 // Derivation: docs/derivations.md, "pooling".
+//
+// Sums and divisions are in opmath_t (float32 for bfloat16 and float16), in per-thread
+// scratch rows (forward) or planes (backward), rounded once into the output.
 #include "pooling.h"
 
 #include <optional>
+#include <type_traits>
 
 namespace manual_ops {
 namespace {
@@ -53,52 +57,71 @@ std::vector<TapRange> column_taps(const PoolGeometry& g) {
   return cols;
 }
 
+// Per-thread opmath_t scratch of `width` values each, allocated once per call.
+template <typename opmath_t>
+struct ThreadScratch {
+  int64_t width;
+  std::vector<opmath_t> data;
+  explicit ThreadScratch(int64_t w) : width(w), data(at::get_num_threads() * w) {}
+  opmath_t* get() { return data.data() + at::get_thread_num() * width; }
+};
+
+// Rounds n opmath_t values into scalar_t.
+template <typename scalar_t, typename opmath_t>
+inline void round_into(const opmath_t* src, int64_t n, scalar_t* dst) {
+  for (int64_t i = 0; i < n; ++i) dst[i] = static_cast<scalar_t>(src[i]);
+}
+
 // Forward, NCHW: y[p, oh, ow] = (1 / div[oh, ow]) * sum over in-bounds (ih, iw) of the
 // window x[p, ih, iw]. Per output row, each tap sweeps the outputs it is valid for, so the
-// inner loop runs along W; the sum is accumulated in scalar_t (a window of kh*kw terms,
-// in torch's order: ih, then iw).
-template <typename scalar_t>
-void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+// inner loop runs along W; the sum is accumulated in an opmath_t row (a window of kh*kw
+// terms, in torch's order: ih, then iw).
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   const std::vector<TapRange> cols = column_taps(g);
+  ThreadScratch<opmath_t> scratch(g.OW);
   at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
+    opmath_t* acc = scratch.get();
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        scalar_t* out = y + (p * g.OH + oh) * g.OW;
-        std::fill(out, out + g.OW, scalar_t(0));
+        std::fill(acc, acc + g.OW, opmath_t(0));
         const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
         for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
           for (int64_t j = 0; j < g.kw; ++j) {
             const scalar_t* src = x + (p * g.H + ih) * g.W + j - g.pw;
-            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) out[ow] += src[ow * g.sw];
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) acc[ow] += opmath_t(src[ow * g.sw]);
           }
         }
-        const scalar_t dh = div.h[oh];
-        for (int64_t ow = 0; ow < g.OW; ++ow) out[ow] /= dh * div.w[ow];
+        const opmath_t dh = div.h[oh];
+        for (int64_t ow = 0; ow < g.OW; ++ow) acc[ow] /= dh * div.w[ow];
+        round_into(acc, g.OW, y + (p * g.OH + oh) * g.OW);
       }
     }
   });
 }
 
 // Forward, NHWC: the same average, vectorised along C; parallel over (n, oh) rows.
-template <typename scalar_t>
-void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   const int64_t C = g.C;
+  ThreadScratch<opmath_t> scratch(C);
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
+    opmath_t* acc = scratch.get();
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        scalar_t* out = y + (r * g.OW + ow) * C;
-        std::fill(out, out + C, scalar_t(0));
+        std::fill(acc, acc + C, opmath_t(0));
         const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
         for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
           for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
             const scalar_t* src = x + ((n * g.H + ih) * g.W + iw) * C;
-            for (int64_t c = 0; c < C; ++c) out[c] += src[c];
+            for (int64_t c = 0; c < C; ++c) acc[c] += opmath_t(src[c]);
           }
         }
-        const scalar_t d = div.h[oh] * div.w[ow];
-        for (int64_t c = 0; c < C; ++c) out[c] /= d;
+        const opmath_t d = div.h[oh] * div.w[ow];
+        for (int64_t c = 0; c < C; ++c) acc[c] /= d;
+        round_into(acc, C, y + (r * g.OW + ow) * C);
       }
     }
   });
@@ -106,49 +129,58 @@ void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const 
 
 // Backward, NCHW: dx[p, ih, iw] = sum over windows (oh, ow) containing (ih, iw) of
 // dy[p, oh, ow] / div[oh, ow]: each output spreads its gradient evenly over its window
-// (for a 2x2, stride-2 pool: the 1/4 upsampling). One plane per task, so no write races.
-template <typename scalar_t>
-void avg_pool_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<scalar_t>& div) {
+// (for a 2x2, stride-2 pool: the 1/4 upsampling). One plane per task, so no write races;
+// the plane is accumulated in opmath_t (in dx itself when that is scalar_t).
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void avg_pool_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<opmath_t>& div) {
+  constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
   const std::vector<TapRange> cols = column_taps(g);
+  ThreadScratch<opmath_t> scratch(in_place ? 0 : g.H * g.W);
   at::parallel_for(0, g.planes(), grain_for(g.H * g.W + g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
-      std::fill(dx + p * g.H * g.W, dx + (p + 1) * g.H * g.W, scalar_t(0));
+      opmath_t* plane = in_place ? reinterpret_cast<opmath_t*>(dx + p * g.H * g.W) : scratch.get();
+      std::fill(plane, plane + g.H * g.W, opmath_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         const scalar_t* grad = dy + (p * g.OH + oh) * g.OW;
-        const scalar_t dh = div.h[oh];
+        const opmath_t dh = div.h[oh];
         const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
         for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
           for (int64_t j = 0; j < g.kw; ++j) {
-            scalar_t* dst = dx + (p * g.H + ih) * g.W + j - g.pw;
-            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += grad[ow] / (dh * div.w[ow]);
+            opmath_t* dst = plane + ih * g.W + j - g.pw;
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += opmath_t(grad[ow]) / (dh * div.w[ow]);
           }
         }
       }
+      if constexpr (!in_place) round_into(plane, g.H * g.W, dx + p * g.H * g.W);
     }
   });
 }
 
 // Backward, NHWC: the same spreading, vectorised along C; one image per task.
-template <typename scalar_t>
-void avg_pool_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<scalar_t>& div) {
-  const int64_t C = g.C;
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void avg_pool_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<opmath_t>& div) {
+  constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
+  const int64_t C = g.C, image = g.H * g.W * C;
+  ThreadScratch<opmath_t> scratch(in_place ? 0 : image);
   at::parallel_for(0, g.N, grain_for((g.H * g.W + g.OH * g.OW * g.kh * g.kw) * C), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
-      std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
+      opmath_t* acc = in_place ? reinterpret_cast<opmath_t*>(dx + n * image) : scratch.get();
+      std::fill(acc, acc + image, opmath_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
-          const scalar_t d = div.h[oh] * div.w[ow];
+          const opmath_t d = div.h[oh] * div.w[ow];
           const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
           for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
             for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
-              scalar_t* dst = dx + ((n * g.H + ih) * g.W + iw) * C;
-              for (int64_t c = 0; c < C; ++c) dst[c] += grad[c] / d;
+              opmath_t* dst = acc + (ih * g.W + iw) * C;
+              for (int64_t c = 0; c < C; ++c) dst[c] += opmath_t(grad[c]) / d;
             }
           }
         }
       }
+      if constexpr (!in_place) round_into(acc, image, dx + n * image);
     }
   });
 }
@@ -165,8 +197,8 @@ Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArray
   const at::MemoryFormat fmt = memory_format_of(input);
   const Tensor x = input.contiguous(fmt);
   Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_forward", [&] {
-    const auto div = divisors<scalar_t>(g, count_include_pad, divisor_override);
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward", [&] {
+    const auto div = divisors<at::opmath_type<scalar_t>>(g, count_include_pad, divisor_override);
     auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_nhwc<scalar_t> : avg_pool_nchw<scalar_t>;
     kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, div);
   });
@@ -182,8 +214,8 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   const at::MemoryFormat fmt = memory_format_of(input);
   const Tensor dy = grad_output.contiguous(fmt);
   Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "avg_pool2d_backward", [&] {
-    const auto div = divisors<scalar_t>(g, count_include_pad, divisor_override);
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_backward", [&] {
+    const auto div = divisors<at::opmath_type<scalar_t>>(g, count_include_pad, divisor_override);
     auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_backward_nhwc<scalar_t>
                                                         : avg_pool_backward_nchw<scalar_t>;
     kernel(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), g, div);

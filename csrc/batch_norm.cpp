@@ -4,6 +4,14 @@
 //
 // The input is read as contiguous NCL (N blocks of C rows of L = prod(spatial) values)
 // or, for channels-last 4-D input and L == 1, as NLC (N*L rows of C values).
+//
+// Dtypes: scalar_t is the input's; arithmetic is in opmath_t (float32 for bfloat16 and float16)
+// and the per-channel values in acc_t (float64 for float32, float32 for bfloat16 and float16).
+// Weight, bias and running stats have the parameter dtype: the input's, or float32 for a
+// bfloat16/float16 input with float32 parameters (as autocast gives, and as torch's CPU
+// batch_norm accepts). The saved mean and invstd have it too in training (as torch's); in
+// eval, where torch saves nothing and its backward recomputes invstd in float32 from the
+// running stats, they are saved in float32 for bfloat16/float16 (stats_type below).
 #include "common.h"
 
 #include <ATen/AccumulateType.h>
@@ -17,7 +25,7 @@ namespace manual_ops {
 namespace {
 
 constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
-constexpr int64_t kChunk = 256;  // values per lane-chunk summed in scalar_t before flushing to acc_t
+constexpr int64_t kChunk = 256;  // values per lane-chunk summed in opmath_t before flushing to acc_t
 
 struct Geometry {
   int64_t N, C, L;
@@ -57,22 +65,46 @@ acc_t shift_floor(const Floor& f, acc_t invstd, acc_t gamma) {
   return -static_cast<acc_t>(f.k) * (f.scale == FloorScale::Sigma ? acc_t(1) / invstd : std::abs(gamma));
 }
 
-void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input) {
+bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
+
+// The parameter dtype: float32 when the input is bfloat16 or float16 and any of `params` given
+// is float32 (then all must be), else the input's.
+at::ScalarType param_type(const Tensor& input, std::initializer_list<std::optional<Tensor>> params) {
+  if (is_reduced_floating(input.scalar_type())) {
+    for (const auto& p : params)
+      if (has(p) && p->scalar_type() == at::kFloat) return at::kFloat;
+  }
+  return input.scalar_type();
+}
+
+// The dtype of the saved mean and invstd (see the top of the file).
+at::ScalarType stats_type(at::ScalarType ptype, bool training) { return training ? ptype : at::toOpMathType(ptype); }
+
+// A 1-D tensor of dtype `dtype` holding the values v.
+template <typename acc_t>
+Tensor as_tensor(const std::vector<acc_t>& v, const Tensor& like, at::ScalarType dtype) {
+  return at::tensor(at::ArrayRef<acc_t>(v), like.options().dtype(c10::CppTypeToScalarType<acc_t>::value)).to(dtype);
+}
+
+void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input,
+                       at::ScalarType dtype) {
   if (!t.has_value() || !t->defined()) return;
   const int64_t C = input.size(1);
   TORCH_CHECK(t->dim() == 1 && t->size(0) == C, op, ": ", name, " should contain ", C, " elements not ", t->numel(),
               ": expected a 1-D tensor of size [", C, "] (one value per channel of input of size ", input.sizes(),
               "), but got ", name, " of size ", t->sizes());
-  check_same_dtype(op, "input", input, name, *t);
+  TORCH_CHECK(t->scalar_type() == dtype, op, ": expected ", name, " of dtype ", dtype, " for input of dtype ",
+              input.scalar_type(), " (weight, bias and running stats have the input's dtype, or all float32 for a ",
+              "bfloat16 or float16 input), but got ", name, " of dtype ", t->scalar_type());
 }
 
-bool has(const std::optional<Tensor>& t) { return t.has_value() && t->defined(); }
-
-template <typename scalar_t, typename acc_t>
+// The C values of a per-channel tensor of any floating dtype, as acc_t (`missing` when absent).
+template <typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
   std::vector<acc_t> v(C, missing);
   if (has(t)) {
-    const auto a = t->accessor<scalar_t, 1>();
+    const Tensor converted = t->to(c10::CppTypeToScalarType<acc_t>::value);
+    const auto a = converted.accessor<acc_t, 1>();
     for (int64_t c = 0; c < C; ++c) v[c] = a[c];
   }
   return v;
@@ -87,12 +119,12 @@ inline scalar_t lane_total(scalar_t* a) {
 }
 
 // Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
-// scalar_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
+// opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
 // kChunk values, each chunk's total added to the acc_t sums.
 #define MANUAL_OPS_ROW_SUMS(TERMS)                                  \
   for (int64_t l0 = 0; l0 < L; l0 += kChunk) {                      \
     const int64_t l1 = std::min(L, l0 + kChunk);                    \
-    scalar_t a1[kLanes] = {}, a2[kLanes] = {};                      \
+    opmath_t a1[kLanes] = {}, a2[kLanes] = {};                      \
     int64_t l = l0;                                                 \
     for (; l + kLanes <= l1; l += kLanes)                           \
       for (int j = 0; j < kLanes; ++j) TERMS(l + j, j);             \
@@ -101,18 +133,18 @@ inline scalar_t lane_total(scalar_t* a) {
   }
 
 // s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
-template <typename scalar_t, typename acc_t>
-inline void add_moments_row(const scalar_t* __restrict x, int64_t L, scalar_t K, acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { const scalar_t d = x[i] - K; a1[j] += d; a2[j] += d * d; }
+template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
+inline void add_moments_row(const scalar_t* __restrict x, int64_t L, opmath_t K, acc_t& s1, acc_t& s2) {
+#define TERMS(i, j) { const opmath_t d = opmath_t(x[i]) - K; a1[j] += d; a2[j] += d * d; }
   MANUAL_OPS_ROW_SUMS(TERMS)
 #undef TERMS
 }
 
 // s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
-template <typename scalar_t, typename acc_t>
-inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, scalar_t mu,
+template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
+inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, opmath_t mu,
                          acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { a1[j] += dy[i]; a2[j] += dy[i] * (x[i] - mu); }
+#define TERMS(i, j) { const opmath_t g = dy[i]; a1[j] += g; a2[j] += g * (opmath_t(x[i]) - mu); }
   MANUAL_OPS_ROW_SUMS(TERMS)
 #undef TERMS
 }
@@ -140,28 +172,30 @@ void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std
 // out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
 // be null (that term is dropped). Forward: y = scale * (x - mu) + beta' (v = x; subtracting mu
 // first keeps the digits when |mu| >> sigma); backward: dx = a * delta + b * (x - mu) + k.
-template <typename scalar_t>
-void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<scalar_t>& a,
-                        const std::vector<scalar_t>& b, const std::vector<scalar_t>& m,
-                        const std::vector<scalar_t>& k, scalar_t* out) {
+// Computed in opmath_t, rounded once to scalar_t.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<opmath_t>& a,
+                        const std::vector<opmath_t>& b, const std::vector<opmath_t>& m,
+                        const std::vector<opmath_t>& k, scalar_t* out) {
   const int64_t C = g.C, L = g.L;
   // One contiguous run of n values of one channel (NCL), or one row of all channels (NLC,
   // coefficients indexed by j); the three loops are the three combinations of terms.
   // step is 0 (NCL: one channel's coefficients) or 1 (NLC), at compile time so the loops vectorise.
-  auto run = [&](auto step_t, int64_t o, int64_t n, const scalar_t* A, const scalar_t* B, const scalar_t* Mu,
-                 const scalar_t* K) {
+  auto run = [&](auto step_t, int64_t o, int64_t n, const opmath_t* A, const opmath_t* B, const opmath_t* Mu,
+                 const opmath_t* K) {
     constexpr int64_t step = decltype(step_t)::value;
     if (u && v) {
       for (int64_t j = 0; j < n; ++j)
-        out[o + j] = A[j * step] * u[o + j] + B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+        out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) +
+                              K[j * step]);
     } else if (v) {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = B[j * step] * (v[o + j] - Mu[j * step]) + K[j * step];
+      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) + K[j * step]);
     } else {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = A[j * step] * u[o + j] + K[j * step];
+      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + K[j * step]);
     }
   };
-  const scalar_t zero = 0;
-  auto coeff = [&](const std::vector<scalar_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
+  const opmath_t zero = 0;
+  auto coeff = [&](const std::vector<opmath_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
@@ -185,6 +219,7 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
 template <typename scalar_t, typename acc_t>
 void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& K, std::vector<acc_t>& S1,
                      std::vector<acc_t>& S2) {
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = g.C;
   K.assign(C, 0);
   for (int64_t c = 0; c < C; ++c) K[c] = xp[g.nlc ? c : c * g.L];
@@ -193,7 +228,7 @@ void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& 
       [&](int64_t r, acc_t* s1, acc_t* s2) {
         if (!g.nlc) {
           const int64_t c = r % C;
-          add_moments_row(xp + r * g.L, g.L, scalar_t(K[c]), s1[c], s2[c]);
+          add_moments_row(xp + r * g.L, g.L, opmath_t(K[c]), s1[c], s2[c]);
           return;
         }
         const scalar_t* row = xp + r * C;
@@ -210,13 +245,14 @@ void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& 
 template <typename scalar_t, typename acc_t>
 void grad_sums(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const std::vector<acc_t>& mean,
                std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = g.C;
   channel_sums<acc_t>(
       g,
       [&](int64_t r, acc_t* s1, acc_t* s2) {
         if (!g.nlc) {
           const int64_t c = r % C;
-          add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, scalar_t(mean[c]), s1[c], s2[c]);
+          add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, opmath_t(mean[c]), s1[c], s2[c]);
           return;
         }
         const scalar_t *d = dyp + r * C, *p = xp + r * C;
@@ -254,10 +290,11 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
     TORCH_CHECK(has(running_mean), "running_mean must be defined in evaluation mode");
     TORCH_CHECK(has(running_var), "running_var must be defined in evaluation mode");
   }
-  check_per_channel(op, "running_mean", running_mean, input);
-  check_per_channel(op, "running_var", running_var, input);
-  check_per_channel(op, "weight", weight, input);
-  check_per_channel(op, "bias", bias, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias, running_mean, running_var});
+  check_per_channel(op, "running_mean", running_mean, input, ptype);
+  check_per_channel(op, "running_var", running_var, input, ptype);
+  check_per_channel(op, "weight", weight, input, ptype);
+  check_per_channel(op, "bias", bias, input, ptype);
   TORCH_CHECK(has(running_mean) == has(running_var), op,
               ": running_mean and running_var must both be given or both be None");
   if (has(num_batches_tracked)) {
@@ -275,7 +312,7 @@ void check_forward(const char* op, const Tensor& input, const std::optional<Tens
 //   running_mean <- (1-m) running_mean + m mu,  running_var <- (1-m) running_var + m var M/(M-1),
 // with m = momentum, or 1/(num_batches_tracked + 1) when momentum is None.
 // Eval: mu, invstd from the running stats. beta' = beta, or max(beta, -k*s) when clamped.
-// Returns (y, mu, invstd); backward needs only these.
+// Returns (y, mu, invstd), mu and invstd in param_t; backward needs only these.
 std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
     const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
@@ -285,15 +322,18 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
   check_forward(op, input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps);
   const Floor floor = floor_of(op, beta_floor, floor_scale);
 
+  at::AutoDispatchBelowADInplaceOrView guard;  // the ATen calls below are ours, not autograd's
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias, running_mean, running_var});
+  const at::ScalarType stype = stats_type(ptype, training);
   Tensor out = at::empty_like(x);
-  Tensor save_mean = at::empty({g.C}, input.options());
-  Tensor save_invstd = at::empty({g.C}, input.options());
+  Tensor save_mean, save_invstd;
   const bool update = training && has(running_mean) && g.M() > 0;
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_forward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_forward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const int64_t C = g.C, M = g.M();
     std::vector<acc_t> mean(C), var(C);
@@ -306,38 +346,42 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
         var[c] = v < 0 ? acc_t(0) : v;  // rounding can take it just below 0; NaN stays NaN
       }
     } else {
-      mean = per_channel<scalar_t, acc_t>(running_mean, C, 0);
-      var = per_channel<scalar_t, acc_t>(running_var, C, 0);
+      mean = per_channel<acc_t>(running_mean, C, 0);
+      var = per_channel<acc_t>(running_var, C, 0);
     }
 
-    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
-    std::vector<scalar_t> scale(C), shift(C), save_mean_v(C);
-    scalar_t* mp = save_mean.mutable_data_ptr<scalar_t>();
-    scalar_t* ip = save_invstd.mutable_data_ptr<scalar_t>();
+    std::vector<acc_t> invstd(C);
+    for (int64_t c = 0; c < C; ++c) invstd[c] = acc_t(1) / std::sqrt(var[c] + acc_t(eps));
+    save_mean = as_tensor(mean, input, stype);
+    save_invstd = as_tensor(invstd, input, stype);
+    // The floor of the clamped shift from the saved (rounded) invstd, as the backward sees it.
+    const std::vector<acc_t> saved_invstd = floor.on() ? per_channel<acc_t>(save_invstd, C, 0) : invstd;
+    const std::vector<acc_t> gamma = per_channel<acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<acc_t>(bias, C, 0);
+    std::vector<opmath_t> scale(C), shift(C), mean_v(C);
     for (int64_t c = 0; c < C; ++c) {
-      mp[c] = save_mean_v[c] = scalar_t(mean[c]);
-      ip[c] = scalar_t(acc_t(1) / std::sqrt(var[c] + acc_t(eps)));
+      mean_v[c] = opmath_t(mean[c]);
       acc_t b = beta[c];
       if (floor.on()) {
-        const acc_t f = shift_floor<acc_t>(floor, ip[c], gamma[c]);
+        const acc_t f = shift_floor<acc_t>(floor, saved_invstd[c], gamma[c]);
         if (b < f) b = f;
       }
-      scale[c] = scalar_t(gamma[c] * acc_t(ip[c]));
-      shift[c] = scalar_t(b);
+      scale[c] = opmath_t(gamma[c] * invstd[c]);
+      shift[c] = opmath_t(b);
     }
-    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, save_mean_v, shift, out.mutable_data_ptr<scalar_t>());
+    per_channel_affine<scalar_t>(g, nullptr, xp, {}, scale, mean_v, shift, out.mutable_data_ptr<scalar_t>());
 
     if (update) {
       const acc_t m = momentum.has_value()
                           ? acc_t(*momentum)
                           : acc_t(1) / acc_t(num_batches_tracked->item<int64_t>() + 1);
-      auto rm = running_mean->accessor<scalar_t, 1>();
-      auto rv = running_var->accessor<scalar_t, 1>();
+      std::vector<acc_t> rm = per_channel<acc_t>(running_mean, C, 0), rv = per_channel<acc_t>(running_var, C, 0);
       for (int64_t c = 0; c < C; ++c) {
-        rm[c] = scalar_t((1 - m) * acc_t(rm[c]) + m * mean[c]);
-        rv[c] = scalar_t((1 - m) * acc_t(rv[c]) + m * var[c] * acc_t(M) / acc_t(M - 1));
+        rm[c] = (1 - m) * rm[c] + m * mean[c];
+        rv[c] = (1 - m) * rv[c] + m * var[c] * acc_t(M) / acc_t(M - 1);
       }
+      running_mean->copy_(as_tensor(rm, input, ptype));
+      running_var->copy_(as_tensor(rv, input, ptype));
     }
   });
   if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);
@@ -358,36 +402,40 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
                                                        std::optional<double> beta_floor, c10::string_view floor_scale,
                                                        std::array<bool, 3> output_mask) {
   const char* op = "batch_norm_backward";
+  at::AutoDispatchBelowADInplaceOrView guard;
   check_backward_inputs(op, grad_output, input);
-  check_per_channel(op, "weight", weight, input);
-  check_per_channel(op, "bias", bias, input);
-  check_per_channel(op, "save_mean", save_mean, input);
-  check_per_channel(op, "save_invstd", save_invstd, input);
+  const at::ScalarType ptype = training ? param_type(input, {weight, bias, save_mean, save_invstd})
+                                        : param_type(input, {weight, bias});
+  check_per_channel(op, "weight", weight, input, ptype);
+  check_per_channel(op, "bias", bias, input, ptype);
+  check_per_channel(op, "save_mean", save_mean, input, stats_type(ptype, training));
+  check_per_channel(op, "save_invstd", save_invstd, input, stats_type(ptype, training));
   const Floor floor = floor_of(op, beta_floor, floor_scale);
 
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
   const Tensor dy = dense(grad_output, input);
   Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options()) : Tensor();
+  Tensor grad_weight, grad_bias;
   const bool need_sums = output_mask[1] || output_mask[2] || (output_mask[0] && training);
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_backward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const int64_t C = g.C;
     const acc_t M = acc_t(g.M());
     const scalar_t* xp = x.const_data_ptr<scalar_t>();
     const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
-    const std::vector<acc_t> mean = per_channel<scalar_t, acc_t>(save_mean, C, 0);
-    const std::vector<acc_t> invstd = per_channel<scalar_t, acc_t>(save_invstd, C, 0);
-    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+    const std::vector<acc_t> mean = per_channel<acc_t>(save_mean, C, 0);
+    const std::vector<acc_t> invstd = per_channel<acc_t>(save_invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<acc_t>(bias, C, 0);
 
     std::vector<acc_t> sum_dy(C, 0), sum_dy_xmu(C, 0);  // sum delta, sum delta * (x - mu)
     if (need_sums) grad_sums(g, dyp, xp, mean, sum_dy, sum_dy_xmu);
 
-    std::vector<scalar_t> a(C), b(C), mu(C), k(C);
+    std::vector<opmath_t> a(C), b(C), mu(C), k(C);
+    std::vector<acc_t> dgammas(C), dbetas(C);
     for (int64_t c = 0; c < C; ++c) {
       const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, invstd[c], gamma[c]);
       // No values (N = 0): the sums are empty, and so is dgamma, whatever the (NaN) invstd of no values.
@@ -405,10 +453,11 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
           bc -= acc_t(floor.k) * invstd[c] * sum_dy[c] / M;
         }
       }
-      a[c] = scalar_t(ac), b[c] = scalar_t(bc), mu[c] = scalar_t(mean[c]), k[c] = scalar_t(kc);
-      if (output_mask[1]) grad_weight.mutable_data_ptr<scalar_t>()[c] = scalar_t(dgamma);
-      if (output_mask[2]) grad_bias.mutable_data_ptr<scalar_t>()[c] = scalar_t(dbeta);
+      a[c] = opmath_t(ac), b[c] = opmath_t(bc), mu[c] = opmath_t(mean[c]), k[c] = opmath_t(kc);
+      dgammas[c] = dgamma, dbetas[c] = dbeta;
     }
+    if (output_mask[1]) grad_weight = as_tensor(dgammas, input, ptype);
+    if (output_mask[2]) grad_bias = as_tensor(dbetas, input, ptype);
     if (output_mask[0]) {
       per_channel_affine<scalar_t>(g, dyp, training ? xp : nullptr, a, b, mu, k, grad_input.mutable_data_ptr<scalar_t>());
     }
@@ -440,7 +489,7 @@ Tensor batch_norm_stats(const Tensor& input) {
   const Tensor x = dense(input, input);
   Tensor stats = at::zeros({2, g.C}, input.options().dtype(at::kDouble));
   if (g.M() == 0) return stats;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_stats", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_stats", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
     std::vector<acc_t> K, S1, S2;
     shifted_moments(g, x.const_data_ptr<scalar_t>(), K, S1, S2);
@@ -462,19 +511,20 @@ Tensor batch_norm_backward_reduce(const Tensor& grad_output, const Tensor& input
                                   const Tensor& invstd) {
   const char* op = "batch_norm_backward_reduce";
   check_backward_inputs(op, grad_output, input);
-  check_per_channel(op, "mean", mean, input);
-  check_per_channel(op, "invstd", invstd, input);
+  // The saved statistics of batch_norm_forward: the parameter dtype, or float32 (see the top of the file).
+  check_per_channel(op, "mean", mean, input, mean.scalar_type());
+  check_per_channel(op, "invstd", invstd, input, mean.scalar_type());
   const Geometry g = geometry_of(input);
   const Tensor x = dense(input, input);
   const Tensor dy = dense(grad_output, input);
   Tensor sums = at::zeros({2, g.C}, input.options().dtype(at::kDouble));
   if (g.M() == 0) return sums;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "batch_norm_backward_reduce", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "batch_norm_backward_reduce", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
     const int64_t C = g.C;
-    const std::vector<acc_t> is = per_channel<scalar_t, acc_t>(invstd, C, 0);
+    const std::vector<acc_t> is = per_channel<acc_t>(invstd, C, 0);
     std::vector<acc_t> sum_dy, sum_dy_xmu;
-    grad_sums(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), per_channel<scalar_t, acc_t>(mean, C, 0),
+    grad_sums(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), per_channel<acc_t>(mean, C, 0),
               sum_dy, sum_dy_xmu);
     auto out = sums.accessor<double, 2>();
     for (int64_t c = 0; c < C; ++c) out[0][c] = double(sum_dy[c]), out[1][c] = double(is[c] * sum_dy_xmu[c]);
@@ -497,10 +547,11 @@ std::tuple<Tensor, Tensor, Tensor> sync_batch_norm_backward(
     std::array<bool, 3> output_mask) {
   const char* op = "sync_batch_norm_backward";
   check_backward_inputs(op, grad_output, input);
-  check_per_channel(op, "weight", weight, input);
-  check_per_channel(op, "bias", bias, input);
-  check_per_channel(op, "mean", mean, input);
-  check_per_channel(op, "invstd", invstd, input);
+  const at::ScalarType ptype = param_type(input, {weight, bias});
+  check_per_channel(op, "weight", weight, input, ptype);
+  check_per_channel(op, "bias", bias, input, ptype);
+  check_per_channel(op, "mean", mean, input, mean.scalar_type());
+  check_per_channel(op, "invstd", invstd, input, mean.scalar_type());
   check_sums(op, "local_sums", local_sums, input.size(1));
   check_sums(op, "global_sums", global_sums, input.size(1));
   const Geometry g = geometry_of(input);
@@ -511,20 +562,21 @@ std::tuple<Tensor, Tensor, Tensor> sync_batch_norm_backward(
   const Tensor x = dense(input, input);
   const Tensor dy = dense(grad_output, input);
   Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
-  Tensor grad_weight = output_mask[1] ? at::empty({g.C}, input.options()) : Tensor();
-  Tensor grad_bias = output_mask[2] ? at::empty({g.C}, input.options()) : Tensor();
+  Tensor grad_weight, grad_bias;
 
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "sync_batch_norm_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "sync_batch_norm_backward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const int64_t C = g.C;
     const acc_t M = acc_t(count > 0 ? count : 1);  // count = 0: no values, nothing to scale
-    const std::vector<acc_t> mu = per_channel<scalar_t, acc_t>(mean, C, 0);
-    const std::vector<acc_t> is = per_channel<scalar_t, acc_t>(invstd, C, 0);
-    const std::vector<acc_t> gamma = per_channel<scalar_t, acc_t>(weight, C, 1);
-    const std::vector<acc_t> beta = per_channel<scalar_t, acc_t>(bias, C, 0);
+    const std::vector<acc_t> mu = per_channel<acc_t>(mean, C, 0);
+    const std::vector<acc_t> is = per_channel<acc_t>(invstd, C, 0);
+    const std::vector<acc_t> gamma = per_channel<acc_t>(weight, C, 1);
+    const std::vector<acc_t> beta = per_channel<acc_t>(bias, C, 0);
     const auto local = local_sums.accessor<double, 2>();
     const auto global = global_sums.accessor<double, 2>();
-    std::vector<scalar_t> a(C), b(C), m(C), k(C);
+    std::vector<opmath_t> a(C), b(C), m(C), k(C);
+    std::vector<acc_t> dgammas(C), dbetas(C);
     for (int64_t c = 0; c < C; ++c) {
       const bool clamped = floor.on() && beta[c] < shift_floor<acc_t>(floor, is[c], gamma[c]);
       const acc_t g_dy = acc_t(global[0][c]), g_dy_xhat = acc_t(global[1][c]);
@@ -539,10 +591,11 @@ std::tuple<Tensor, Tensor, Tensor> sync_batch_norm_backward(
           bc -= acc_t(floor.k) * is[c] * g_dy / M;
         }
       }
-      a[c] = scalar_t(ac), b[c] = scalar_t(bc), m[c] = scalar_t(mu[c]), k[c] = scalar_t(-ac * g_dy / M);
-      if (output_mask[1]) grad_weight.mutable_data_ptr<scalar_t>()[c] = scalar_t(dgamma);
-      if (output_mask[2]) grad_bias.mutable_data_ptr<scalar_t>()[c] = scalar_t(dbeta);
+      a[c] = opmath_t(ac), b[c] = opmath_t(bc), m[c] = opmath_t(mu[c]), k[c] = opmath_t(-ac * g_dy / M);
+      dgammas[c] = dgamma, dbetas[c] = dbeta;
     }
+    if (output_mask[1]) grad_weight = as_tensor(dgammas, input, ptype);
+    if (output_mask[2]) grad_bias = as_tensor(dbetas, input, ptype);
     if (output_mask[0]) {
       per_channel_affine<scalar_t>(g, dy.const_data_ptr<scalar_t>(), x.const_data_ptr<scalar_t>(), a, b, m, k,
                                    grad_input.mutable_data_ptr<scalar_t>());

@@ -2,6 +2,8 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
@@ -23,9 +25,17 @@ inline at::MemoryFormat memory_format_of(const Tensor& t) {
   return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// Every kernel runs in these four dtypes: float32 and float64, and bfloat16 and float16,
+// which are only storage: arithmetic on them is done in float32 (at::opmath_type<scalar_t>).
+#define MANUAL_OPS_DISPATCH_FLOATING(TYPE, NAME, ...) \
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
+
+inline bool is_reduced_floating(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
+
 inline void check_floating(const char* op, const char* name, const Tensor& t) {
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, op, ": expected ", name,
-              " to be float32 or float64, but got ", t.scalar_type());
+  const at::ScalarType s = t.scalar_type();
+  TORCH_CHECK(s == at::kFloat || s == at::kDouble || is_reduced_floating(s), op, ": expected ", name,
+              " to be float32, float64, bfloat16 or float16, but got ", s);
 }
 
 inline void check_same_dtype(const char* op, const char* name_a, const Tensor& a, const char* name_b,

@@ -1,5 +1,9 @@
 // 2-D convolution (cross-correlation, as in torch) by im2col + GEMM, with the
 // backward written by hand. Derivation: docs/derivations.md, "conv2d".
+//
+// bfloat16 and float16 tensors are computed in float32 tiles: a tile of samples is staged
+// (converted) into float32 NHWC, its column matrix built in float32, the GEMM run in float32
+// (sgemm), and the result rounded once into the low-precision output or gradient.
 #include "common.h"
 #include "im2col.h"
 
@@ -59,10 +63,13 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   return G;
 }
 
+// The dtype the GEMMs run in: float32 for bfloat16 and float16 tensors, else their own.
+at::ScalarType compute_type(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
+
 // Samples per tile: within `budget` bytes of scratch, but at least kMinTileRows rows.
 int64_t tile_samples(const ConvGeometry& G, const Tensor& t, int64_t budget) {
   const int64_t scratch = G.L() * G.K() + 2 * G.C * G.H * G.W + G.Cout * G.L();  // elements per sample
-  const int64_t per_sample = std::max<int64_t>(1, scratch * t.element_size());
+  const int64_t per_sample = std::max<int64_t>(1, scratch * c10::elementSize(compute_type(t)));
   const int64_t samples = std::max(budget / per_sample, (kMinTileRows + G.L() - 1) / G.L());
   return std::max<int64_t>(1, std::min<int64_t>(G.N, samples));
 }
@@ -72,21 +79,24 @@ Tensor rows_view(const Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
-// Tensors of any layout seen one tile of samples at a time in NHWC: the tile itself when it
-// is channels-last contiguous, else a staging buffer of `tile` samples, allocated on first use.
-// Only tile-sized copies are made, so no whole NHWC copy of an input or output ever exists.
+// Tensors of any layout and dtype seen one tile of samples at a time in NHWC and in the
+// compute dtype: the tile itself when it is channels-last contiguous and of the compute dtype,
+// else a staging buffer of `tile` samples, allocated on first use (the copies into and out of
+// it convert layout and dtype at once). Only tile-sized copies are made, so no whole NHWC or
+// float32 copy of an input or output ever exists.
 struct NhwcTiles {
   Tensor t;
   int64_t tile;
   Tensor staging;
 
   bool direct(int64_t b0, int64_t nb) const {
-    return t.narrow(0, b0, nb).is_contiguous(at::MemoryFormat::ChannelsLast);
+    return t.scalar_type() == compute_type(t) && t.narrow(0, b0, nb).is_contiguous(at::MemoryFormat::ChannelsLast);
   }
   Tensor buffer(int64_t b0, int64_t nb) {
     if (direct(b0, nb)) return t.narrow(0, b0, nb);
     if (!staging.defined()) {
-      staging = at::empty({tile, t.size(1), t.size(2), t.size(3)}, t.options().memory_format(at::MemoryFormat::ChannelsLast));
+      staging = at::empty({tile, t.size(1), t.size(2), t.size(3)},
+                          t.options().dtype(compute_type(t)).memory_format(at::MemoryFormat::ChannelsLast));
     }
     return staging.narrow(0, 0, nb);
   }
@@ -112,10 +122,10 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
   return buffer.narrow(0, 0, nb * G.L());
 }
 
-// W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order
-// (a view of a contiguous weight).
+// W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
+// compute dtype (a view of a contiguous weight of that dtype, else of a converted copy).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  return weight.contiguous().view({G.Cout, G.K()});
+  return weight.contiguous().to(compute_type(weight)).view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -139,9 +149,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                                                                          : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const Tensor w_rows = weight_rows(weight, G);
+  const Tensor b = has_bias ? bias->to(compute_type(input)) : Tensor();
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B}, y{out, B};
-  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
+  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(compute_type(input)));
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
     const Tensor x_tile = x.read(b0, nb);
@@ -152,7 +163,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
       Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
       const Tensor w_t = w_rows.narrow(0, g * G.Coutg(), G.Coutg()).t();
       if (has_bias) {
-        at::addmm_out(y_g, bias->narrow(0, g * G.Coutg(), G.Coutg()), cols, w_t);
+        at::addmm_out(y_g, b.narrow(0, g * G.Coutg(), G.Coutg()), cols, w_t);
       } else {
         at::mm_out(y_g, cols, w_t);
       }
@@ -167,6 +178,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
 //                                                     with the 180-degree-rotated, in/out-transposed W)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
+// dW is accumulated over the tiles in the compute dtype and rounded once at the end.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
                                                    const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
                                                    IntArrayRef dilation, int64_t groups,
@@ -184,14 +196,14 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
   const Tensor w_rows = weight_rows(weight, G);
-  if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options());
+  if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(compute_type(weight)));
   Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (input.numel() == 0) return {grad_input, grad_weight, grad_bias};
 
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
   NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
-  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
+  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(compute_type(input)));
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
     const Tensor dy_rows = rows_view(dy.read(b0, nb));
@@ -211,7 +223,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
         } else {
           Tensor dcols = buffer.narrow(0, 0, nb * G.L());
           at::mm_out(dcols, dy_g, w_g);
-          AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "col2im_nhwc", [&] {
+          AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
             col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
           });
         }
@@ -219,7 +231,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
     if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
-  if (output_mask[1] && is_channels_last(weight)) grad_weight = grad_weight.contiguous(at::MemoryFormat::ChannelsLast);
+  if (output_mask[1]) grad_weight = grad_weight.to(weight.options(), false, false, memory_format_of(weight));
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -141,8 +141,9 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tens
 
   Tensor lse = at::empty(G.row_size, input.options().dtype(at::kDouble));
   Tensor row_loss = at::empty({G.R()}, input.options().dtype(at::kDouble));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cross_entropy_forward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "cross_entropy_forward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* x = in.x.const_data_ptr<scalar_t>();
     const scalar_t* t = G.probabilities ? in.t.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* y = G.probabilities ? nullptr : in.t.const_data_ptr<int64_t>();
@@ -157,8 +158,9 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tens
         acc_t m = -std::numeric_limits<acc_t>::infinity();
         for (int64_t c = 0; c < G.C; ++c) m = std::max<acc_t>(m, xr[c * G.S]);
         acc_t sum_exp = 0;
-        // exp in the input's precision (as torch's log_softmax), summed in acc_t.
-        for (int64_t c = 0; c < G.C; ++c) sum_exp += std::exp(scalar_t(acc_t(xr[c * G.S]) - m));
+        // exp in the input's precision (as torch's log_softmax; float32 for bfloat16 and float16),
+        // summed in acc_t.
+        for (int64_t c = 0; c < G.C; ++c) sum_exp += std::exp(opmath_t(acc_t(xr[c * G.S]) - m));
         const acc_t l = m + std::log(sum_exp);
         row_weights<scalar_t, acc_t>(G, r, t, y, w, ignore_index, eps, q.data());
         acc_t loss = 0;
@@ -205,8 +207,9 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
   const Tensor dy = grad_output.contiguous();
   Tensor grad_input = output_mask[0] ? at::empty_like(in.x) : Tensor();
   Tensor grad_target = output_mask[1] ? at::empty_like(in.x) : Tensor();
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "cross_entropy_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "cross_entropy_backward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
+    using opmath_t = at::opmath_type<scalar_t>;
     const scalar_t* x = in.x.const_data_ptr<scalar_t>();
     const scalar_t* t = G.probabilities ? in.t.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* y = G.probabilities ? nullptr : in.t.const_data_ptr<int64_t>();
@@ -227,7 +230,7 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
         for (int64_t c = 0; c < G.C; ++c) {
           const int64_t i = base + c * G.S;
           const acc_t log_p = acc_t(x[i]) - acc_t(l[r]);
-          if (gx) gx[i] = ignored ? scalar_t(0) : scalar_t(g_r * (Q * std::exp(scalar_t(log_p)) - q[c]));
+          if (gx) gx[i] = ignored ? scalar_t(0) : scalar_t(g_r * (Q * std::exp(opmath_t(log_p)) - q[c]));
           if (gt) gt[i] = scalar_t(-g_r * (1 - eps) * (w ? acc_t(w[c]) : acc_t(1)) * log_p);
         }
       }

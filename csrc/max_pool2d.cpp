@@ -117,7 +117,7 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   const Tensor x = input.contiguous(fmt);
   Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
   Tensor ind = at::empty(g.output_sizes(), input.options().dtype(at::kLong).memory_format(fmt));
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_forward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward", [&] {
     // Running argmaxes are int32 (vectorisable) unless a plane has 2^31 or more elements.
     const bool nhwc = fmt == at::MemoryFormat::ChannelsLast, narrow = g.H * g.W <= INT32_MAX;
     auto kernel = nhwc ? (narrow ? max_pool_nhwc<scalar_t, int32_t> : max_pool_nhwc<scalar_t, int64_t>)
@@ -186,7 +186,7 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
   Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
   const int64_t C = input.size(-3), HW = input.size(-2) * input.size(-1);
   const int64_t N = input.dim() == 4 ? input.size(0) : 1, OHW = indices.size(-2) * indices.size(-1);
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "max_pool2d_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_backward", [&] {
     const scalar_t* g = dy.const_data_ptr<scalar_t>();
     scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
     if (fmt == at::MemoryFormat::ChannelsLast) {

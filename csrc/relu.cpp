@@ -13,7 +13,7 @@ Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at
 
 // y[i] = max(x[i], 0), written `x < 0 ? 0 : x` so that NaN and -0.0 pass through as in torch.
 void relu_kernel(const Tensor& x, Tensor& y) {
-  AT_DISPATCH_FLOATING_TYPES(x.scalar_type(), "relu", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(x.scalar_type(), "relu", [&] {
     const scalar_t* in_ptr = x.const_data_ptr<scalar_t>();
     scalar_t* out_ptr = y.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
@@ -60,7 +60,7 @@ Tensor relu_backward(const Tensor& grad_output, const Tensor& result) {
   const Tensor y = dense(result);
   const Tensor dy = grad_output.strides() == y.strides() ? grad_output : at::empty_like(y).copy_(grad_output);
   Tensor dx = at::empty_like(y);
-  AT_DISPATCH_FLOATING_TYPES(y.scalar_type(), "relu_backward", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(y.scalar_type(), "relu_backward", [&] {
     const scalar_t* out_ptr = y.const_data_ptr<scalar_t>();
     const scalar_t* g_ptr = dy.const_data_ptr<scalar_t>();
     scalar_t* gi_ptr = dx.mutable_data_ptr<scalar_t>();

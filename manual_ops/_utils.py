@@ -33,13 +33,23 @@ def register_autograd(op: str, function: type) -> None:
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
 
 
-def applier(function: type):
-    """``function.apply`` for an autograd.Function with a custom ``jvp``; under torch.compile it applies
-    a subclass without the ``jvp`` instead (Dynamo cannot trace a custom ``jvp``; a compiled graph runs
-    no forward-mode AD, so nothing is lost)."""
+def applier(function: type, op=None):
+    """``function.apply``, as the public wrappers call it, but for two cases:
+
+    - under torch.compile, a subclass of ``function`` without its custom ``jvp`` (Dynamo cannot trace
+      one; a compiled graph runs no forward-mode AD, so nothing is lost);
+    - under autocast for the first argument's device, when ``op`` is given: the operator ``op`` itself
+      (whose autograd kernel is ``function``'s, see :func:`register_autograd`), so that its autocast
+      kernel (csrc/autocast.cpp) casts the inputs before its autograd kernel records them, as for
+      torch's own ops: autograd then saves the cast tensors and casts the gradients back to the
+      inputs' dtypes. Inside ``function.forward`` the cast would come too late.
+    """
     without_jvp = type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
 
     def apply(*args):
+        device = args[0].device.type
+        if op is not None and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+            return op(*args)
         return (without_jvp if torch.compiler.is_compiling() else function).apply(*args)
 
     return apply

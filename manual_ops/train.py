@@ -4,7 +4,9 @@ Both runs start from the same weights and see the same batches in the same order
 the loss, accuracy and time of each are printed side by side. Outputs in ``--out``:
 ``curves.png`` (loss and accuracy of both runs), ``summary.json`` and ``checkpoint.pt``
 (written atomically after every epoch; ``--resume`` continues from it). The state_dicts in
-the checkpoint load strictly into the built-in model.
+the checkpoint load strictly into the built-in model. ``--amp bf16|fp16`` trains both under
+``torch.autocast`` (float16 with a ``torch.amp.GradScaler``); ``--dtype float64`` trains both in
+float64, where the two runs agree to rounding for many steps.
 
 Under ``torchrun --nproc-per-node=N -m manual_ops train``, both networks train with
 DistributedDataParallel (gloo: the networks run on CPU): each process takes its shard of every
@@ -31,6 +33,8 @@ from . import nn as mnn
 from .convert import convert
 
 CHECKPOINT = "checkpoint.pt"
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
 class UsageError(Exception):
@@ -105,21 +109,33 @@ class Run:
     loss_fn: nn.Module
     lr: float
     epochs: int
+    amp: torch.dtype | None = None  # autocast dtype, or None
     history: list = field(default_factory=list)
 
     def __post_init__(self):
         self.net = getattr(self.model, "module", self.model)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=self.lr, momentum=0.9, weight_decay=5e-4)
         self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=max(self.epochs, 1))
+        # float16 gradients underflow without loss scaling; bfloat16 has float32's range.
+        self.scaler = torch.amp.GradScaler("cpu") if self.amp == torch.float16 else None
+
+    def _autocast(self):
+        return torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
 
     def step(self, x, y):
         """One SGD step; returns (loss, number correct). Gradients stay on the parameters until the next step."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        out = self.model(x)
-        loss = self.loss_fn(out, y)
-        loss.backward()
-        self.optimizer.step()
+        with self._autocast():
+            out = self.model(x)
+            loss = self.loss_fn(out, y)
+        if self.scaler is None:
+            loss.backward()
+            self.optimizer.step()
+        else:
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)  # unscales the grads first; skips the step if any is inf/NaN
+            self.scaler.update()
         return loss.item(), (out.argmax(1) == y).sum().item()
 
     @torch.no_grad()
@@ -130,20 +146,26 @@ class Run:
         x, y = x[procs.rank::procs.world_size], y[procs.rank::procs.world_size]
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            out = self.net(x[i:i + batch_size])
-            total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
+            with self._autocast():
+                out = self.net(x[i:i + batch_size])
+                total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
             correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
         total_loss, correct, n = procs.sum([total_loss, correct, len(x)])
         return total_loss / max(n, 1), correct / max(n, 1)
 
     def state(self):
-        return {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict(), "history": self.history}
+        state = {"model": self.net.state_dict(), "optimizer": self.optimizer.state_dict(),
+                 "scheduler": self.scheduler.state_dict(), "history": self.history}
+        if self.scaler is not None:
+            state["scaler"] = self.scaler.state_dict()
+        return state
 
     def load(self, state):
         self.net.load_state_dict(state["model"], strict=True)
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None:
+            self.scaler.load_state_dict(state["scaler"])
         self.history = state["history"]
 
 
@@ -243,6 +265,9 @@ def _train(args, log, procs):
         raise UsageError(f"--batch-size {args.batch_size} (the global batch) must be a multiple of the "
                          f"{procs.world_size} processes")
     clamped_beta = parse_bn(args.bn)
+    amp, dtype = AMP_DTYPES.get(args.amp), DTYPES[args.dtype]
+    if amp is not None and dtype != torch.float32:
+        raise UsageError(f"--amp {args.amp} trains float32 parameters under autocast; not with --dtype {args.dtype}")
     try:
         dataset = data_module.load(args.data)
     except data_module.DataError as e:
@@ -251,24 +276,27 @@ def _train(args, log, procs):
         dataset.train_x, dataset.train_y = dataset.train_x[:args.max_train], dataset.train_y[:args.max_train]
     if args.max_test:
         dataset.test_x, dataset.test_y = dataset.test_x[:args.max_test], dataset.test_y[:args.max_test]
-    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta, sync_bn=args.sync_bn)
+    dataset.train_x, dataset.test_x = dataset.train_x.to(dtype), dataset.test_x.to(dtype)
+    builtin, manual = make_models(args.model, dataset, args.seed, clamped_beta, dtype, sync_bn=args.sync_bn)
     builtin, builtin_bn = builtin_batch_norm(builtin, args.sync_bn)
     batch_norms = {"built-in": builtin_bn,
                    "manual": "manual_ops.nn.SyncBatchNorm" if args.sync_bn else "manual_ops.nn.BatchNorm2d"}
-    runs = {"built-in": Run(procs.wrap(builtin), nn.CrossEntropyLoss(), args.lr, args.epochs),
-            "manual": Run(procs.wrap(manual), mnn.CrossEntropyLoss(), args.lr, args.epochs)}
+    runs = {"built-in": Run(procs.wrap(builtin), nn.CrossEntropyLoss(), args.lr, args.epochs, amp),
+            "manual": Run(procs.wrap(manual), mnn.CrossEntropyLoss(), args.lr, args.epochs, amp)}
 
     if lead:
         os.makedirs(args.out, exist_ok=True)
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
-    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs")}
+    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs", "amp", "dtype")}
     start_epoch, first_step = 0, None
     if args.resume:
         if not os.path.isfile(checkpoint_path):
             raise UsageError(f"--resume: no checkpoint at {checkpoint_path}")
         try:
             ckpt = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
-            changed = [k for k in ("data", "model", "bn", "seed", "batch_size") if ckpt["config"][k] != config[k]]
+            defaults = {"amp": None, "dtype": "float32"}  # checkpoints from before these options
+            changed = [k for k in ("data", "model", "bn", "seed", "batch_size", "amp", "dtype")
+                       if ckpt["config"].get(k, defaults.get(k)) != config[k]]
             if changed:
                 raise UsageError(f"--resume: the checkpoint was made with different {', '.join(changed)}")
             for label, run in runs.items():
@@ -282,7 +310,8 @@ def _train(args, log, procs):
 
     log(f"{args.model} on {dataset.name}: {len(dataset.train_y)} train / {len(dataset.test_y)} test images of size "
         f"{dataset.in_channels}x{dataset.input_size[0]}x{dataset.input_size[1]}, batch {args.batch_size}, "
-        f"lr {args.lr}, bn {args.bn}, {torch.get_num_threads()} threads")
+        f"lr {args.lr}, bn {args.bn}, {args.dtype}{f', autocast {args.amp}' if amp else ''}, "
+        f"{torch.get_num_threads()} threads")
     if procs.world_size > 1:
         log(f"{procs.world_size} processes (DistributedDataParallel, gloo), {args.batch_size // procs.world_size} "
             f"images each per batch; batch norm: built-in {batch_norms['built-in']}, manual {batch_norms['manual']}")
@@ -354,6 +383,10 @@ def add_arguments(parser):
     parser.add_argument("--sync-bn", action="store_true",
                         help="under torchrun: batch-norm statistics over all processes (manual_ops' SyncBatchNorm; "
                              "the built-in network uses torch's where torch supports it, else BatchNorm2d)")
+    parser.add_argument("--amp", choices=sorted(AMP_DTYPES), default=None,
+                        help="train both runs under torch.autocast to bfloat16 or float16 (float16 with a GradScaler)")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
+                        help="dtype of the parameters and data; float64 for exact comparisons")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/train", help="folder for curves.png, summary.json, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -333,8 +333,8 @@ def _tracking_module():
     (torch.randn(1, 3, 1, 1), ValueError,
      r"^Expected more than 1 value per channel when training, got input size torch\.Size\(\[1, 3, 1, 1\]\)$"),
     (torch.randn(2, 4, 3, 3), RuntimeError, r"running_mean should contain 4 elements not 3.*size \[2, 4, 3, 3\]"),
-    (torch.randn(2, 3, 3, 3, dtype=f64), RuntimeError, r"expected input and running_mean to have the same dtype"),
-    (torch.randint(0, 5, (2, 3, 3, 3)), RuntimeError, r"expected input to be float32 or float64, but got Long"),
+    (torch.randn(2, 3, 3, 3, dtype=f64), RuntimeError, r"expected running_mean of dtype Double for input of dtype Double"),
+    (torch.randint(0, 5, (2, 3, 3, 3)), RuntimeError, r"expected input to be float32, float64, bfloat16 or float16, but got Long"),
 ], ids=["ndim", "one-value", "channels", "dtype", "int"])
 def test_module_errors_mutate_nothing(x, error, match):
     m = _tracking_module()

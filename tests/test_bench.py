@@ -33,3 +33,23 @@ def test_peak_memory_sees_the_allocations():
 def test_unknown_family_is_rejected():
     with pytest.raises(ValueError, match=r"unknown benchmark family \['nope'\]"):
         bench.run(["nope"])
+
+
+def test_measure_times_our_float32_run_alongside():
+    calls = []
+    case = bench.Case("f", "c", lambda: calls.append("ours"), lambda: calls.append("builtin"),
+                      ours_fp32=lambda: calls.append("fp32"))
+    r = bench.measure(case, reps=3, warmup=1)
+    assert calls.count("fp32") == calls.count("ours") == 4
+    assert r.ours_fp32_ms > 0 and r.ratio_fp32 == r.ours_ms / r.ours_fp32_ms
+    assert "ours/ours float32" in bench.format_table([r])
+
+
+def test_bf16_families_run_in_bfloat16():
+    assert {f"{f}-bf16" for f in ("conv", "bn", "pool", "basic", "train")} <= set(bench.FAMILIES)
+    results = bench.run(["pool-bf16"], reps=1, warmup=0, log=lambda line: None)
+    assert results and all(r.family == "pool-bf16" for r in results)
+    from manual_ops.bench import conv
+    cases = conv.cases(batch=2, dtype=torch.bfloat16)
+    assert all(c.ours_fp32 is not None for c in cases)
+    cases[0].ours()  # runs in bfloat16 (a float32 weight would raise: the dtypes must match)

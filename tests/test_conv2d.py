@@ -266,7 +266,7 @@ BAD_INPUTS = [
     (lambda: mF.conv2d(x4, w4, torch.randn(6).double()), r"input and bias to have the same dtype"),
     (lambda: mF.conv2d(x4, w4, torch.randn(5)), r"expected bias to be 1-dimensional with 6 elements, but got bias "
                                                r"of size \[5\]"),
-    (lambda: mF.conv2d(x4.long(), w4.long()), r"expected input to be float32 or float64, but got Long"),
+    (lambda: mF.conv2d(x4.long(), w4.long()), r"expected input to be float32, float64, bfloat16 or float16, but got Long"),
     (lambda: mF.conv2d(x4, w4, stride=(1, 1, 1)), r"expected stride to be a single integer value or a list of 2 "
                                                  r"values .* but got stride=\[1, 1, 1\]"),
 ]

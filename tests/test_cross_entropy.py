@@ -214,7 +214,7 @@ X, T = torch.randn(3, 5), torch.tensor([0, 1, 2])
      r"cross_entropy: expected input of size \(C\), \(N, C\) or \(N, C, d1, ..., dk\), but got a 0-D input"),
     (lambda: mF.cross_entropy(torch.randn(5), torch.tensor([1, 2])), RuntimeError,
      r"expected a 0-D target for an unbatched input of size \[5\], but got target of size \[2\]"),
-    (lambda: mF.cross_entropy(X.long(), T), RuntimeError, r"expected input to be float32 or float64, but got Long"),
+    (lambda: mF.cross_entropy(X.long(), T), RuntimeError, r"expected input to be float32, float64, bfloat16 or float16, but got Long"),
 ])
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):

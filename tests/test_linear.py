@@ -138,7 +138,7 @@ def test_property_matches_torch(leading, in_f, out_f, bias, seed):
     (lambda: mF.linear(torch.randn(3, 4), torch.randn(5, 4).double()), RuntimeError,
      r"linear: expected input and weight to have the same dtype, but got input of dtype Float and weight of dtype Double"),
     (lambda: mF.linear(torch.ones(3, 4, dtype=torch.long), torch.ones(5, 4, dtype=torch.long)), RuntimeError,
-     r"linear: expected input to be float32 or float64, but got Long"),
+     r"linear: expected input to be float32, float64, bfloat16 or float16, but got Long"),
 ])
 def test_errors(call, error, match):
     with pytest.raises(error, match=match):

@@ -388,7 +388,7 @@ def test_errors_torch_reports_oddly():
     # RuntimeError, with torch's message for the other wrong ranks.
     with pytest.raises(RuntimeError, match=re.escape("with optional 0 dim batch size for input, but got:[8, 8]")):
         mF.avg_pool2d(X[0, 0], 2)
-    with pytest.raises(RuntimeError, match="max_pool2d: expected input to be float32 or float64, but got Long"):
+    with pytest.raises(RuntimeError, match="max_pool2d: expected input to be float32, float64, bfloat16 or float16, but got Long"):
         mF.max_pool2d(X.long(), 2)
 
 

@@ -159,9 +159,9 @@ def test_property_matches_torch(shape, inplace, seed, dtype):
 
 
 def test_errors():
-    with pytest.raises(RuntimeError, match="relu: expected input to be float32 or float64, but got Long"):
+    with pytest.raises(RuntimeError, match="relu: expected input to be float32, float64, bfloat16 or float16, but got Long"):
         mF.relu(torch.tensor([1, -2]))
-    with pytest.raises(RuntimeError, match="relu_: expected self to be float32 or float64, but got Int"):
+    with pytest.raises(RuntimeError, match="relu_: expected self to be float32, float64, bfloat16 or float16, but got Int"):
         mF.relu(torch.tensor([1, -2], dtype=torch.int32), inplace=True)
     with pytest.raises(RuntimeError, match=r"relu_backward: expected grad_output of size \[3\], but got grad_output "
                                            r"of size \[4\]"):

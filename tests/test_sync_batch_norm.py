@@ -356,7 +356,7 @@ def test_opcheck(sample):
     (lambda: ops.batch_norm_stats(torch.randn(3)), RuntimeError,
      r"batch_norm_stats: expected input of size \(N, C, \*\), but got input of size \[3\]"),
     (lambda: ops.batch_norm_stats(torch.ones(2, 3, dtype=torch.long)), RuntimeError,
-     r"expected input to be float32 or float64, but got Long"),
+     r"expected input to be float32, float64, bfloat16 or float16, but got Long"),
     (lambda: ops.batch_norm_backward_reduce(torch.randn(2, 3), torch.randn(2, 4), torch.zeros(4), torch.ones(4)),
      RuntimeError, r"expected grad_output of size \[2, 4\], but got grad_output of size \[2, 3\]"),
     (lambda: ops.batch_norm_backward_reduce(torch.randn(2, 4), torch.randn(2, 4), torch.zeros(3), torch.ones(4)),
@@ -492,3 +492,26 @@ def test_torch_convert_sync_batchnorm_keeps_manual_ops_layers():
 def test_copy_keeps_working():
     m = manual_ops.convert(_model(), sync_bn=True)
     copy.deepcopy(m)(torch.randn(2, 3, 3, 3))
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("param_dtype", ["input", "float32"])
+def test_low_precision_function_equals_batch_norm_in_one_process(dtype, param_dtype):
+    # The function path with group=None: what every rank computes, minus the collectives.
+    pdt = dtype if param_dtype == "input" else torch.float32
+    x = torch.randn(4, 3, 5, 5).to(dtype)
+    w, b = torch.rand(3).add(0.5).to(pdt), torch.randn(3).to(pdt)
+    stats = [(torch.zeros(3, dtype=pdt), torch.ones(3, dtype=pdt)) for _ in range(2)]
+    xs = [x.clone().requires_grad_(), x.clone().requires_grad_()]
+    y = SyncBatchNormFunction.apply(xs[0], w, b, *stats[0], None, 0.1, 1e-5, None, "sigma", None)
+    ref = F.batch_norm(xs[1], *stats[1], w, b, training=True)
+    assert y.dtype == ref.dtype == dtype
+    # With 16-bit parameters the global statistics reach the normalisation rounded to that dtype:
+    # one rounding more than torch's kernel makes, so equal within the dtype's rounding, not bitwise.
+    torch.testing.assert_close(y.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    g = torch.randn_like(y)
+    (gy,), (gr,) = torch.autograd.grad(y, xs[0], g), torch.autograd.grad(ref, xs[1], g)
+    torch.testing.assert_close(gy.float(), gr.float(), atol=2e-2, rtol=2e-2)
+    for ours, theirs in zip(stats[0], stats[1]):
+        assert ours.dtype == pdt
+        torch.testing.assert_close(ours.float(), theirs.float(), atol=1e-2, rtol=1e-2)

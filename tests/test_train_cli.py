@@ -126,6 +126,29 @@ def test_cifar_loader_reads_the_pickle_format(tmp_path):
     assert ds.train_y[0].item() == raw[b"labels"][0]
 
 
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_amp_trains_both_runs_under_autocast(tmp_path, amp, capsys):
+    assert _run(tmp_path, "--amp", amp) == 0
+    assert f"float32, autocast {amp}" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["config"]["amp"] == amp
+    for row in summary["first_step_grad_diff"].values():  # float32 grads, apart by low-precision rounding
+        assert row["max_abs_diff"] <= 0.1 * row["max_abs_grad"]
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ("scaler" in ckpt["runs"]["manual"]) == (amp == "fp16")
+    assert main(["train", "--out", str(tmp_path), *TINY[2:], "--epochs", "2", "--resume", "--amp", amp]) == 0
+    assert main(["train", "--out", str(tmp_path), *TINY[2:], "--epochs", "3", "--resume"]) == 2  # amp changed
+
+
+def test_float64_runs_agree_to_rounding(tmp_path):
+    assert _run(tmp_path, "--dtype", "float64") == 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    for row in summary["first_step_grad_diff"].values():
+        assert row["max_abs_diff"] <= 1e-12 * max(row["max_abs_grad"], 1.0)
+    runs = summary["runs"]
+    assert runs["manual"]["final"]["train_loss"] == pytest.approx(runs["built-in"]["final"]["train_loss"], rel=1e-9)
+
+
 @pytest.mark.parametrize("setup,args,message", [
     (None, ["--model", "resnet50"], "error: unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16"),
     (None, ["--data", "cifar10:/no/such/folder"], "error: cifar10: /no/such/folder is not a folder"),
@@ -135,6 +158,8 @@ def test_cifar_loader_reads_the_pickle_format(tmp_path):
     (None, ["--data", "mnist"], "error: unknown data 'mnist'; use 'digits' or 'cifar10:PATH'"),
     (None, ["--bn", "clamped:x"], "error: --bn must be 'plain' or 'clamped:K' with a number K, got 'clamped:x'"),
     (None, ["--resume"], "error: --resume: no checkpoint at {out}/checkpoint.pt"),
+    (None, ["--amp", "bf16", "--dtype", "float64"],
+     "error: --amp bf16 trains float32 parameters under autocast; not with --dtype float64"),
 ])
 def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, setup, args, message):
     c = tmp_path / "c"

@@ -1,8 +1,10 @@
 """Speed of manual_ops against torch's built-ins, measured side by side in one run.
 
-Each family module (``manual_ops.bench.<family>``) has ``cases() -> list[Case]``. Every
+Each family module (``manual_ops.bench.<module>``) has ``cases(dtype) -> list[Case]``. Every
 case times ours and the built-in in interleaved repetitions after a warm-up, and reports
-the median of each and their ratio (ours / built-in; below 1 means we are faster).
+the median of each and their ratio (ours / built-in; below 1 means we are faster). The
+``-bf16`` families run the same cases in bfloat16 (training steps: under bfloat16 autocast);
+their conv cases also time our own float32 run, for the ratio of our bfloat16 to our float32.
 """
 import importlib
 import json
@@ -14,8 +16,10 @@ from typing import Callable
 
 import torch
 
-# family name -> module under manual_ops.bench
-FAMILIES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step"}
+# family name -> (module under manual_ops.bench, dtype of its cases)
+_MODULES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step"}
+FAMILIES = {**{name: (module, torch.float32) for name, module in _MODULES.items()},
+            **{f"{name}-bf16": (module, torch.bfloat16) for name, module in _MODULES.items()}}
 
 
 @dataclass
@@ -27,6 +31,7 @@ class Case:
     ours: Callable[[], object]
     builtin: Callable[[], object]
     memory: bool = False  # also report the peak memory of one run of each
+    ours_fp32: Callable[[], object] | None = None  # low-precision cases: our own float32 run, timed alongside
 
 
 @dataclass
@@ -37,10 +42,16 @@ class Result:
     builtin_ms: float
     ours_peak_mb: float | None = None
     builtin_peak_mb: float | None = None
+    ours_fp32_ms: float | None = None
 
     @property
     def ratio(self) -> float:
         return self.ours_ms / self.builtin_ms
+
+    @property
+    def ratio_fp32(self) -> float | None:
+        """Ours in this case's dtype / ours in float32."""
+        return None if self.ours_fp32_ms is None else self.ours_ms / self.ours_fp32_ms
 
 
 def forward_backward(forward, leaves, grad=None):
@@ -61,19 +72,20 @@ def _time_once(fn) -> float:
 
 
 def measure(case: Case, reps: int = 15, warmup: int = 3) -> Result:
-    """Interleaves ``reps`` runs of ours and the built-in (alternating which goes first); medians in ms."""
+    """Interleaves ``reps`` runs of ours and the built-in (and our float32 run, when the case has one),
+    alternating which goes first; medians in ms."""
+    fns = {"ours": case.ours, "builtin": case.builtin}
+    if case.ours_fp32 is not None:
+        fns["ours_fp32"] = case.ours_fp32
     for _ in range(warmup):
-        case.ours()
-        case.builtin()
-    ours, builtin = [], []
+        for fn in fns.values():
+            fn()
+    times = {name: [] for name in fns}
     for i in range(reps):
-        if i % 2:
-            builtin.append(_time_once(case.builtin))
-            ours.append(_time_once(case.ours))
-        else:
-            ours.append(_time_once(case.ours))
-            builtin.append(_time_once(case.builtin))
-    result = Result(case.family, case.name, 1e3 * statistics.median(ours), 1e3 * statistics.median(builtin))
+        for name in (list(fns) if i % 2 == 0 else list(fns)[::-1]):
+            times[name].append(_time_once(fns[name]))
+    median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
+    result = Result(case.family, case.name, median["ours"], median["builtin"], ours_fp32_ms=median.get("ours_fp32"))
     if case.memory:
         result.ours_peak_mb = peak_memory(case.ours) / 2**20
         result.builtin_peak_mb = peak_memory(case.builtin) / 2**20
@@ -107,6 +119,8 @@ def format_table(results: list[Result]) -> str:
         rows = [r for r in results if r.family == family]
         for r in rows:
             line = f"{r.family + ': ' + r.name:<44} {r.ours_ms:>10.3f} {r.builtin_ms:>12.3f} {r.ratio:>7.2f}"
+            if r.ours_fp32_ms is not None:
+                line += f"   ours float32 {r.ours_fp32_ms:.3f} ms, ours/ours float32 {r.ratio_fp32:.2f}"
             if r.ours_peak_mb is not None:
                 line += (f"   peak memory: ours {r.ours_peak_mb:.0f} MB, built-in {r.builtin_peak_mb:.0f} MB,"
                          f" ratio {r.ours_peak_mb / r.builtin_peak_mb:.2f}")
@@ -128,8 +142,10 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
     try:
         results = []
         for family in families:
-            module = importlib.import_module(f"{__name__}.{FAMILIES[family]}")
-            for case in module.cases():
+            module_name, dtype = FAMILIES[family]
+            module = importlib.import_module(f"{__name__}.{module_name}")
+            for case in module.cases(dtype=dtype):
+                case.family = family
                 results.append(measure(case, reps=reps, warmup=warmup))
                 if not as_json:
                     r = results[-1]
@@ -140,7 +156,7 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
     if as_json:
         log(json.dumps({
             "torch": torch.__version__, "threads": torch.get_num_threads(), "statistic": "median",
-            "results": [dict(r.__dict__, ratio=r.ratio) for r in results],
+            "results": [dict(r.__dict__, ratio=r.ratio, ratio_fp32=r.ratio_fp32) for r in results],
             "geomean": {f: geomean(r.ratio for r in results if r.family == f) for f in families},
         }, indent=2))
     else:

@@ -1,4 +1,4 @@
-"""conv2d forward+backward on the ResNet-18 CIFAR layer shapes, batch 32."""
+"""conv2d forward+backward on the ResNet-18 CIFAR layer shapes, batch 32 (float32 or bfloat16)."""
 import torch
 import torch.nn.functional as F
 
@@ -21,13 +21,22 @@ SHAPES = [
 ]
 
 
-def cases(batch: int = 32, memory_format=torch.contiguous_format):
+def _case(name, cin, cout, hw, k, s, p, batch, memory_format, dtype):
+    """Ours and the built-in, forward+backward, in `dtype`."""
+    x = torch.randn(batch, cin, hw, hw).to(dtype=dtype, memory_format=memory_format).requires_grad_()
+    w = (torch.randn(cout, cin, k, k) * (2 / (cin * k * k)) ** 0.5).to(dtype).requires_grad_()
+    grad = torch.randn_like(F.conv2d(x.detach().float(), w.detach().float(), None, s, p)).to(dtype)
+    ours = forward_backward(lambda: mF.conv2d(x, w, None, s, p), (x, w), grad)
+    builtin = forward_backward(lambda: F.conv2d(x, w, None, s, p), (x, w), grad)
+    return ours, builtin
+
+
+def cases(batch: int = 32, memory_format=torch.contiguous_format, dtype=torch.float32):
     out = []
     for name, cin, cout, hw, k, s, p in SHAPES:
-        x = torch.randn(batch, cin, hw, hw).to(memory_format=memory_format).requires_grad_()
-        w = (torch.randn(cout, cin, k, k) * (2 / (cin * k * k)) ** 0.5).requires_grad_()
-        grad = torch.randn_like(F.conv2d(x, w, None, s, p))
-        ours = forward_backward(lambda x=x, w=w, s=s, p=p: mF.conv2d(x, w, None, s, p), (x, w), grad)
-        builtin = forward_backward(lambda x=x, w=w, s=s, p=p: F.conv2d(x, w, None, s, p), (x, w), grad)
-        out.append(Case("conv", name, ours, builtin))
+        ours, builtin = _case(name, cin, cout, hw, k, s, p, batch, memory_format, dtype)
+        ours_fp32 = None
+        if dtype != torch.float32:  # our own float32 run of the same shape, for the ratio of the two
+            ours_fp32, _ = _case(name, cin, cout, hw, k, s, p, batch, memory_format, torch.float32)
+        out.append(Case("conv", name, ours, builtin, ours_fp32=ours_fp32))
     return out

@@ -15,16 +15,16 @@ FIXED_SHAPES = [(32, 64, 32, 32), (32, 128, 16, 16)]
 ADAPTIVE_SHAPES = [(32, 512, 4, 4), (32, 256, 8, 8)]
 
 
-def _case(name, make, shape, memory_format):
-    x = torch.randn(shape).to(memory_format=memory_format).requires_grad_()
+def _case(name, make, shape, memory_format, dtype):
+    x = torch.randn(shape).to(dtype=dtype, memory_format=memory_format).requires_grad_()
     ours, builtin = make(mF), make(F)
     grad = torch.randn_like(builtin(x))
     return Case("pool", f"{name} {tuple(shape)}", forward_backward(lambda: ours(x), (x,), grad),
                 forward_backward(lambda: builtin(x), (x,), grad))
 
 
-def cases(memory_format=torch.contiguous_format):
-    out = [_case(name, make, shape, memory_format) for name, make in POOLS for shape in FIXED_SHAPES]
+def cases(memory_format=torch.contiguous_format, dtype=torch.float32):
+    out = [_case(name, make, shape, memory_format, dtype) for name, make in POOLS for shape in FIXED_SHAPES]
     adaptive = lambda f: lambda x: f.adaptive_avg_pool2d(x, 1)  # noqa: E731
-    out += [_case("adaptive avg ->1x1", adaptive, shape, memory_format) for shape in ADAPTIVE_SHAPES]
+    out += [_case("adaptive avg ->1x1", adaptive, shape, memory_format, dtype) for shape in ADAPTIVE_SHAPES]
     return out

@@ -1,7 +1,9 @@
 """One whole training step (forward, backward, SGD step) of ResNet-18 and VGG-11-BN, CIFAR-sized.
 
 The built-in model and its converted copy start from the same weights and see the same batch;
-ours also uses manual_ops' cross-entropy, so no built-in backward runs in our step.
+ours also uses manual_ops' cross-entropy, so no built-in backward runs in our step. In a
+low-precision dtype the step runs under autocast to it (float32 parameters), as mixed-precision
+training does.
 """
 import copy
 
@@ -16,17 +18,19 @@ from . import Case
 MODELS = ("resnet18", "vgg11")
 
 
-def _step(model, loss_fn, x, target):
+def _step(model, loss_fn, x, target, dtype):
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
 
     def run():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(x), target).backward()
+        with torch.autocast("cpu", dtype=dtype, enabled=dtype != torch.float32):
+            loss = loss_fn(model(x), target)
+        loss.backward()
         optimizer.step()
     return run
 
 
-def cases(batch: int = 32, memory_format=torch.contiguous_format):
+def cases(batch: int = 32, memory_format=torch.contiguous_format, dtype=torch.float32):
     out = []
     for name in MODELS:
         torch.manual_seed(0)
@@ -34,6 +38,6 @@ def cases(batch: int = 32, memory_format=torch.contiguous_format):
         ours = convert(copy.deepcopy(builtin))
         x = torch.randn(batch, 3, 32, 32).to(memory_format=memory_format)
         target = torch.randint(0, 10, (batch,))
-        out.append(Case("train", f"{name} step, batch {batch}", _step(ours, mF.cross_entropy, x, target),
-                        _step(builtin, F.cross_entropy, x, target), memory=True))
+        out.append(Case("train", f"{name} step, batch {batch}", _step(ours, mF.cross_entropy, x, target, dtype),
+                        _step(builtin, F.cross_entropy, x, target, dtype), memory=True))
     return out

@@ -9,20 +9,31 @@ _ops = torch.ops.manual_ops
 FLOOR_SCALES = ("sigma", "gamma")
 
 
+def _param_dtype(input, *params):
+    """The dtype of the per-channel tensors; mirrors ``param_type`` in csrc/batch_norm.cpp: float32 for a
+    bfloat16/float16 input with float32 parameters, else the input's."""
+    low = input.dtype in (torch.bfloat16, torch.float16)
+    return torch.float32 if low and any(p is not None and p.dtype == torch.float32 for p in params) else input.dtype
+
+
 @torch.library.register_fake("manual_ops::batch_norm_forward")
 def _batch_norm_forward_fake(input, weight, bias, running_mean, running_var, num_batches_tracked, training,
                              momentum, eps, beta_floor, floor_scale):
     torch._check(input.dim() >= 2, lambda: "batch_norm: expected input of size (N, C, *)")
     out = torch.empty_like(input, memory_format=memory_format_of(input))
-    return out, input.new_empty((input.shape[1],)), input.new_empty((input.shape[1],))
+    dtype = _param_dtype(input, weight, bias, running_mean, running_var)
+    if not training and dtype in (torch.bfloat16, torch.float16):
+        dtype = torch.float32  # eval saves float32 statistics; see the top of csrc/batch_norm.cpp
+    return out, input.new_empty((input.shape[1],), dtype=dtype), input.new_empty((input.shape[1],), dtype=dtype)
 
 
 @torch.library.register_fake("manual_ops::batch_norm_backward")
 def _batch_norm_backward_fake(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,
                               floor_scale, output_mask):
+    dtype = _param_dtype(input, weight, bias, *((save_mean, save_invstd) if training else ()))
     grad_input = torch.empty_like(input, memory_format=memory_format_of(input)) if output_mask[0] else None
-    grad_weight = input.new_empty((input.shape[1],)) if output_mask[1] else None
-    grad_bias = input.new_empty((input.shape[1],)) if output_mask[2] else None
+    grad_weight = input.new_empty((input.shape[1],), dtype=dtype) if output_mask[1] else None
+    grad_bias = input.new_empty((input.shape[1],), dtype=dtype) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
 
 

@@ -68,7 +68,7 @@ class Conv2dFunction(torch.autograd.Function):
                             d_weight, d_bias, ctx.output_size, 1)
 
 
-_conv2d_apply = applier(Conv2dFunction)
+_conv2d_apply = applier(Conv2dFunction, _ops.conv2d_forward)
 
 
 class Conv2dBackward(torch.autograd.Function):

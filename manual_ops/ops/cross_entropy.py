@@ -63,7 +63,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
 
 
-_cross_entropy_apply = applier(CrossEntropyFunction)
+_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):

@@ -51,7 +51,7 @@ class LinearFunction(torch.autograd.Function):
         return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
 
-_linear_apply = applier(LinearFunction)
+_linear_apply = applier(LinearFunction, _ops.linear_forward)
 
 
 class LinearBackward(torch.autograd.Function):

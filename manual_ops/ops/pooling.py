@@ -269,7 +269,7 @@ def max_pool2d(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode
     accumulates where windows overlap.
 
     Args:
-        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32 or float64.
+        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32, float64, bfloat16 or float16.
         kernel_size: int or (kH, kW): size of the pooling window.
         stride: int or (sH, sW). Default: ``kernel_size``.
         padding: int or (pH, pW), implicit :math:`-\infty` padding on both sides; at most half
@@ -300,7 +300,7 @@ def avg_pool2d(input, kernel_size, stride=None, padding=0, ceil_mode=False, coun
     The backward spreads each output's gradient, divided the same way, evenly over its window.
 
     Args:
-        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32 or float64.
+        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32, float64, bfloat16 or float16.
         kernel_size: int or (kH, kW): size of the pooling window.
         stride: int or (sH, sW). Default: ``kernel_size``.
         padding: int or (pH, pW), implicit zero padding on both sides; at most half the kernel size. Default: 0.
@@ -329,7 +329,7 @@ def adaptive_avg_pool2d(input, output_size):
     evenly over its window.
 
     Args:
-        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32 or float64.
+        input: input tensor of shape :math:`(N, C, H, W)` or :math:`(C, H, W)`, float32, float64, bfloat16 or float16.
         output_size: int or (H_out, W_out); ``None`` keeps that dimension of the input.
 
     Shape:

@@ -48,6 +48,13 @@ def combine_stats(counts, means, m2s):
     return int(n.item()), mean, m2
 
 
+def _parameter_dtype(input, *params):
+    """The dtype batch_norm_forward takes per-channel tensors in (csrc/batch_norm.cpp, param_type): float32
+    for a bfloat16/float16 input with float32 parameters (as autocast gives), else the input's."""
+    low = input.dtype in (torch.bfloat16, torch.float16)
+    return torch.float32 if low and any(p is not None and p.dtype == torch.float32 for p in params) else input.dtype
+
+
 def _all_gather(t, group):
     parts = [torch.empty_like(t) for _ in range(dist.get_world_size(group))]
     dist.all_gather(parts, t, group=group)
@@ -86,8 +93,9 @@ class SyncBatchNormFunction(torch.autograd.Function):
             mean, var = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
         else:
             var = m2 / count
+        stats_dtype = _parameter_dtype(input, weight, bias, running_mean, running_var)
         out, save_mean, save_invstd = _ops.batch_norm_forward(
-            input, weight, bias, mean.to(input.dtype), var.to(input.dtype), None, False, 0.0, eps, beta_floor,
+            input, weight, bias, mean.to(stats_dtype), var.to(stats_dtype), None, False, 0.0, eps, beta_floor,
             floor_scale)
         with torch.no_grad():  # the forward succeeded: now update the running stats, as one BatchNorm would
             if running_mean is not None and count > 0:
