@@ -72,11 +72,10 @@ def test_ctrl_c_leaves_the_last_checkpoint_intact(tmp_path, monkeypatch, capsys)
 def test_torchrun_two_processes_with_sync_bn_train_as_one(tmp_path):
     """DDP over 2 gloo processes on loopback: rank 0 alone prints and writes; with --sync-bn the manual
     network's run is the single-process run (same global batches, global batch-norm statistics)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
+    env = _package_env(GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
     result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
                              "-m", "manual_ops", "train", "--sync-bn", "--out", str(tmp_path / "two"), *TINY],
-                            capture_output=True, text=True, cwd=root, env=env, timeout=240)
+                            capture_output=True, text=True, cwd=tmp_path, env=env, timeout=240)
     assert result.returncode == 0, result.stderr
     assert result.stdout.count("train loss") == 1 and "2 processes (DistributedDataParallel, gloo)" in result.stdout
     two = json.loads((tmp_path / "two" / "summary.json").read_text())
@@ -175,9 +174,16 @@ def test_bad_input_gives_one_line_and_exit_2(tmp_path, capsys, setup, args, mess
     assert err.startswith(message.format(c=c, out=out)) and err.count("\n") == 1, err
 
 
+def _package_env(**extra):
+    """The environment for a ``python -m manual_ops`` subprocess that runs the manual_ops these tests import
+    (a checkout's or an installed one), whatever the subprocess's working directory holds."""
+    home = os.path.dirname(os.path.dirname(os.path.abspath(manual_ops.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")])), **extra)
+
+
 def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
     result = subprocess.run([sys.executable, "-m", "manual_ops", "train", "--model", "nope", "--out", str(tmp_path)],
-                            capture_output=True, text=True, cwd=os.path.dirname(os.path.dirname(__file__)))
+                            capture_output=True, text=True, cwd=tmp_path, env=_package_env())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         "error: unknown model 'nope'; choose from resnet18, resnet-small, vgg11, vgg16"]
