@@ -72,6 +72,43 @@ Tensor rows_view(const Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
+// dst[b, c, r] = src[b, r, c] for nb row-major (rows x cols) matrices: NCHW <-> NHWC of one
+// tile of samples (rows x cols = C x H*W one way, H*W x C the other), in kBlock-square blocks
+// so that both the reads and the writes stay within a few cache lines.
+template <typename scalar_t>
+void transpose_planes(const scalar_t* src, scalar_t* dst, int64_t nb, int64_t rows, int64_t cols) {
+  constexpr int64_t kBlock = 16;
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, r1 = std::min(rows, r0 + kBlock);
+      const scalar_t* s = src + b * rows * cols;
+      scalar_t* d = dst + b * rows * cols;
+      for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+        const int64_t c1 = std::min(cols, c0 + kBlock);
+        for (int64_t c = c0; c < c1; ++c)
+          for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
+      }
+    }
+  });
+}
+
+// dst.copy_(src) for 4-D tensors of one dtype, by transpose_planes when one is NCHW- and the
+// other NHWC-contiguous (ATen's strided copy reads one side at a stride of H*W or C).
+void copy_layout(Tensor& dst, const Tensor& src) {
+  const bool to_nhwc = src.is_contiguous() && dst.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool to_nchw = src.is_contiguous(at::MemoryFormat::ChannelsLast) && dst.is_contiguous();
+  if (src.scalar_type() != dst.scalar_type() || !(to_nhwc || to_nchw)) {
+    dst.copy_(src);
+    return;
+  }
+  const int64_t C = src.size(1), P = src.size(2) * src.size(3);
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "transpose_planes", [&] {
+    transpose_planes<scalar_t>(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.size(0),
+                               to_nhwc ? C : P, to_nhwc ? P : C);
+  });
+}
+
 // Tensors of any layout seen one tile of samples at a time in NHWC: the tile itself when it
 // is channels-last contiguous, else a staging buffer of `tile` samples, allocated on first use.
 // Only tile-sized copies are made, so no whole NHWC copy of an input or output ever exists.
@@ -93,12 +130,14 @@ struct NhwcTiles {
   // Samples [b0, b0 + nb) of t, to read.
   Tensor read(int64_t b0, int64_t nb) {
     Tensor buf = buffer(b0, nb);
-    if (!direct(b0, nb)) buf.copy_(t.narrow(0, b0, nb));
+    if (!direct(b0, nb)) copy_layout(buf, t.narrow(0, b0, nb));
     return buf;
   }
   // After writing `buf` (from buffer()), stores it into samples [b0, b0 + nb) of t.
   void write(int64_t b0, int64_t nb, const Tensor& buf) {
-    if (!direct(b0, nb)) t.narrow(0, b0, nb).copy_(buf);
+    if (direct(b0, nb)) return;
+    Tensor dst = t.narrow(0, b0, nb);
+    copy_layout(dst, buf);
   }
 };
 
@@ -112,10 +151,10 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
   return buffer.narrow(0, 0, nb * G.L());
 }
 
-// W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order
-// (a view of a contiguous weight).
+// W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order
+// (a view of a channels-last weight; a contiguous one is permuted into a copy, once per call).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  return weight.contiguous().view({G.Cout, G.K()});
+  return weight.permute({0, 2, 3, 1}).contiguous().view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -184,10 +223,18 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
   const Tensor w_rows = weight_rows(weight, G);
-  if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options());
-  Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
+  // dW is accumulated in the tap order (i, j, c), i.e. channels-last, and laid out as the weight at the end.
+  if (output_mask[1]) {
+    grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().memory_format(at::MemoryFormat::ChannelsLast))
+                      .zero_();
+  }
+  Tensor dw_rows = output_mask[1] ? grad_weight.permute({0, 2, 3, 1}).view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-  if (input.numel() == 0) return {grad_input, grad_weight, grad_bias};
+  auto result = [&] {
+    if (output_mask[1]) grad_weight = grad_weight.contiguous(memory_format_of(weight));
+    return std::make_tuple(grad_input, grad_weight, grad_bias);
+  };
+  if (input.numel() == 0) return result();
 
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
   NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
@@ -219,8 +266,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
     if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
-  if (output_mask[1] && is_channels_last(weight)) grad_weight = grad_weight.contiguous(at::MemoryFormat::ChannelsLast);
-  return {grad_input, grad_weight, grad_bias};
+  return result();
 }
 
 }  // namespace
