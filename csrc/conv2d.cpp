@@ -73,21 +73,26 @@ Tensor rows_view(const Tensor& nhwc) {
 }
 
 // dst[b, c, r] = src[b, r, c] for nb row-major (rows x cols) matrices: NCHW <-> NHWC of one
-// tile of samples (rows x cols = C x H*W one way, H*W x C the other), in kBlock-square blocks
-// so that both the reads and the writes stay within a few cache lines.
+// tile of samples (rows x cols = C x H*W one way, H*W x C the other). Each kBlock-square block
+// is read row by row into a local block and written out row by row, so every cache line of
+// either side is used whole at once (a column-wise walk of rows H*W*4 bytes apart would map
+// them all to one cache set and miss on every element).
 template <typename scalar_t>
 void transpose_planes(const scalar_t* src, scalar_t* dst, int64_t nb, int64_t rows, int64_t cols) {
   constexpr int64_t kBlock = 16;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
   at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    scalar_t block[kBlock][kBlock];
     for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, r1 = std::min(rows, r0 + kBlock);
-      const scalar_t* s = src + b * rows * cols;
-      scalar_t* d = dst + b * rows * cols;
+      const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, nr = std::min(kBlock, rows - r0);
+      const scalar_t* s = src + b * rows * cols + r0 * cols;
+      scalar_t* d = dst + b * rows * cols + r0;
       for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-        const int64_t c1 = std::min(cols, c0 + kBlock);
-        for (int64_t c = c0; c < c1; ++c)
-          for (int64_t r = r0; r < r1; ++r) d[c * rows + r] = s[r * cols + c];
+        const int64_t nc = std::min(kBlock, cols - c0);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < nc; ++c) block[c][r] = s[r * cols + c0 + c];
+        for (int64_t c = 0; c < nc; ++c)
+          for (int64_t r = 0; r < nr; ++r) d[(c0 + c) * rows + r] = block[c][r];
       }
     }
   });
