@@ -227,7 +227,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
-  const Tensor w_rows = weight_rows(weight, G);
+  Tensor w_rows = output_mask[0] ? weight_rows(weight, G) : Tensor();
   // dW is accumulated in the tap order (i, j, c), i.e. channels-last, and laid out as the weight at the end.
   if (output_mask[1]) {
     grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().memory_format(at::MemoryFormat::ChannelsLast))
@@ -271,6 +271,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
     if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
+  // The scratch goes before grad_weight's layout copy, which is where a training step peaks.
+  w_rows.reset(), buffer.reset(), x.staging.reset(), dy.staging.reset(), dx.staging.reset();
   return result();
 }
 
