@@ -228,10 +228,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
   Tensor w_rows = output_mask[0] ? weight_rows(weight, G) : Tensor();
-  // dW is accumulated in the tap order (i, j, c), i.e. channels-last, and laid out as the weight at the end.
+  // dW is accumulated in the tap order (i, j, c), i.e. channels-last, and laid out as the weight at the end
+  // (a 1x1 kernel's two orders are one: it is made in the weight's layout at once).
   if (output_mask[1]) {
-    grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().memory_format(at::MemoryFormat::ChannelsLast))
-                      .zero_();
+    const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
+    grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().memory_format(order)).zero_();
   }
   Tensor dw_rows = output_mask[1] ? grad_weight.permute({0, 2, 3, 1}).view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
