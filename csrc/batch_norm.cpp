@@ -120,35 +120,39 @@ inline scalar_t lane_total(scalar_t* a) {
 
 // Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
 // opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
-// kChunk values, each chunk's total added to the acc_t sums.
-#define MANUAL_OPS_ROW_SUMS(TERMS)                                  \
-  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {                      \
-    const int64_t l1 = std::min(L, l0 + kChunk);                    \
-    opmath_t a1[kLanes] = {}, a2[kLanes] = {};                      \
-    int64_t l = l0;                                                 \
-    for (; l + kLanes <= l1; l += kLanes)                           \
-      for (int j = 0; j < kLanes; ++j) TERMS(l + j, j);             \
-    for (int j = 0; l < l1; ++l, ++j) TERMS(l, j);                  \
-    s1 += lane_total(a1), s2 += lane_total(a2);                     \
+// kChunk values, each chunk's total added to the acc_t sums. terms(l, a1, a2) adds t1(l) to
+// a1 and t2(l) to a2.
+template <typename opmath_t, typename acc_t, typename Terms>
+inline void add_row_sums(int64_t L, Terms terms, acc_t& s1, acc_t& s2) {
+  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
+    const int64_t l1 = std::min(L, l0 + kChunk);
+    opmath_t a1[kLanes] = {}, a2[kLanes] = {};
+    int64_t l = l0;
+    for (; l + kLanes <= l1; l += kLanes)
+      for (int j = 0; j < kLanes; ++j) terms(l + j, a1[j], a2[j]);
+    for (int j = 0; l < l1; ++l, ++j) terms(l, a1[j], a2[j]);
+    s1 += lane_total(a1), s2 += lane_total(a2);
   }
+}
 
 // s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
 template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
 inline void add_moments_row(const scalar_t* __restrict x, int64_t L, opmath_t K, acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { const opmath_t d = opmath_t(x[i]) - K; a1[j] += d; a2[j] += d * d; }
-  MANUAL_OPS_ROW_SUMS(TERMS)
-#undef TERMS
+  add_row_sums<opmath_t>(L, [&](int64_t i, opmath_t& a1, opmath_t& a2) {
+    const opmath_t d = opmath_t(x[i]) - K;
+    a1 += d, a2 += d * d;
+  }, s1, s2);
 }
 
 // s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
 template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
 inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, opmath_t mu,
                          acc_t& s1, acc_t& s2) {
-#define TERMS(i, j) { const opmath_t g = dy[i]; a1[j] += g; a2[j] += g * (opmath_t(x[i]) - mu); }
-  MANUAL_OPS_ROW_SUMS(TERMS)
-#undef TERMS
+  add_row_sums<opmath_t>(L, [&](int64_t i, opmath_t& a1, opmath_t& a2) {
+    const opmath_t g = dy[i];
+    a1 += g, a2 += g * (opmath_t(x[i]) - mu);
+  }, s1, s2);
 }
-#undef MANUAL_OPS_ROW_SUMS
 
 // Per-channel sums S1[c], S2[c] over all M values of channel c, reading memory in order:
 // parallel over rows (NCL: N*C rows of L values, row i in channel i % C; NLC: N*L rows of

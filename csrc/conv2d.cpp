@@ -79,6 +79,48 @@ Tensor rows_view(const Tensor& nhwc) {
   return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
 }
 
+// dst[b, c, r] = src[b, r, c] for nb row-major (rows x cols) matrices: NCHW <-> NHWC of one
+// tile of samples (rows x cols = C x H*W one way, H*W x C the other). Each kBlock-square block
+// is read row by row into a local block and written out row by row, so every cache line of
+// either side is used whole at once (a column-wise walk of rows H*W*4 bytes apart would map
+// them all to one cache set and miss on every element).
+template <typename scalar_t>
+void transpose_planes(const scalar_t* src, scalar_t* dst, int64_t nb, int64_t rows, int64_t cols) {
+  constexpr int64_t kBlock = 16;
+  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
+  at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    scalar_t block[kBlock][kBlock];
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, nr = std::min(kBlock, rows - r0);
+      const scalar_t* s = src + b * rows * cols + r0 * cols;
+      scalar_t* d = dst + b * rows * cols + r0;
+      for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
+        const int64_t nc = std::min(kBlock, cols - c0);
+        for (int64_t r = 0; r < nr; ++r)
+          for (int64_t c = 0; c < nc; ++c) block[c][r] = s[r * cols + c0 + c];
+        for (int64_t c = 0; c < nc; ++c)
+          for (int64_t r = 0; r < nr; ++r) d[(c0 + c) * rows + r] = block[c][r];
+      }
+    }
+  });
+}
+
+// dst.copy_(src) for 4-D tensors of one dtype, by transpose_planes when one is NCHW- and the
+// other NHWC-contiguous (ATen's strided copy reads one side at a stride of H*W or C).
+void copy_layout(Tensor& dst, const Tensor& src) {
+  const bool to_nhwc = src.is_contiguous() && dst.is_contiguous(at::MemoryFormat::ChannelsLast);
+  const bool to_nchw = src.is_contiguous(at::MemoryFormat::ChannelsLast) && dst.is_contiguous();
+  if (src.scalar_type() != dst.scalar_type() || !(to_nhwc || to_nchw)) {
+    dst.copy_(src);
+    return;
+  }
+  const int64_t C = src.size(1), P = src.size(2) * src.size(3);
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "transpose_planes", [&] {
+    transpose_planes<scalar_t>(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.size(0),
+                               to_nhwc ? C : P, to_nhwc ? P : C);
+  });
+}
+
 // Tensors of any layout and dtype seen one tile of samples at a time in NHWC and in the
 // compute dtype: the tile itself when it is channels-last contiguous and of the compute dtype,
 // else a staging buffer of `tile` samples, allocated on first use (the copies into and out of
@@ -103,12 +145,14 @@ struct NhwcTiles {
   // Samples [b0, b0 + nb) of t, to read.
   Tensor read(int64_t b0, int64_t nb) {
     Tensor buf = buffer(b0, nb);
-    if (!direct(b0, nb)) buf.copy_(t.narrow(0, b0, nb));
+    if (!direct(b0, nb)) copy_layout(buf, t.narrow(0, b0, nb));
     return buf;
   }
   // After writing `buf` (from buffer()), stores it into samples [b0, b0 + nb) of t.
   void write(int64_t b0, int64_t nb, const Tensor& buf) {
-    if (!direct(b0, nb)) t.narrow(0, b0, nb).copy_(buf);
+    if (direct(b0, nb)) return;
+    Tensor dst = t.narrow(0, b0, nb);
+    copy_layout(dst, buf);
   }
 };
 
@@ -122,10 +166,12 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
   return buffer.narrow(0, 0, nb * G.L());
 }
 
-// W[co, (c, i, j)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
-// compute dtype (a view of a contiguous weight of that dtype, else of a converted copy).
+// W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
+// compute dtype (a view of a channels-last weight of that dtype; else a copy, once per call).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  return weight.contiguous().to(compute_type(weight)).view({G.Cout, G.K()});
+  return weight.permute({0, 2, 3, 1})
+      .to(compute_type(weight), /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous)
+      .view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -195,11 +241,22 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
 
-  const Tensor w_rows = weight_rows(weight, G);
-  if (output_mask[1]) grad_weight = at::zeros({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(compute_type(weight)));
-  Tensor dw_rows = output_mask[1] ? grad_weight.view({G.Cout, G.K()}) : Tensor();
+  Tensor w_rows = output_mask[0] ? weight_rows(weight, G) : Tensor();
+  // dW is accumulated in the compute dtype and the tap order (i, j, c), i.e. channels-last, and rounded
+  // and laid out as the weight at the end
+  // (a 1x1 kernel's two orders are one: it is made in the weight's layout at once).
+  if (output_mask[1]) {
+    const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
+    grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw},
+                            weight.options().dtype(compute_type(weight)).memory_format(order)).zero_();
+  }
+  Tensor dw_rows = output_mask[1] ? grad_weight.permute({0, 2, 3, 1}).view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-  if (input.numel() == 0) return {grad_input, grad_weight, grad_bias};
+  auto result = [&] {
+    if (output_mask[1]) grad_weight = grad_weight.to(weight.options(), false, false, memory_format_of(weight));
+    return std::make_tuple(grad_input, grad_weight, grad_bias);
+  };
+  if (input.numel() == 0) return result();
 
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
   NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
@@ -231,8 +288,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
     if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
-  if (output_mask[1]) grad_weight = grad_weight.to(weight.options(), false, false, memory_format_of(weight));
-  return {grad_input, grad_weight, grad_bias};
+  // The scratch goes before grad_weight's layout copy, which is where a training step peaks.
+  w_rows.reset(), buffer.reset(), x.staging.reset(), dy.staging.reset(), dx.staging.reset();
+  return result();
 }
 
 }  // namespace

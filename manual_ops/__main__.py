@@ -11,7 +11,7 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     bench = sub.add_parser("bench", help="time ours against the built-ins, side by side")
     bench.add_argument("families", nargs="*", help="which op families (default: all)")
-    bench.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (median reported)")
+    bench.add_argument("--reps", type=int, default=15, help="interleaved repetitions per case (median and min reported)")
     bench.add_argument("--warmup", type=int, default=3)
     bench.add_argument("--json", action="store_true", help="print JSON instead of a table")
     sub.add_parser("demo", help="compare our gradients with the built-ins on real-sized layers")

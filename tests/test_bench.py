@@ -13,6 +13,9 @@ def test_run_reports_every_case_with_ratios_as_json():
     report = json.loads(lines[-1])
     assert [r["name"] for r in report["results"]] == [r.name for r in results] and results
     assert all(r.ours_ms > 0 and r.builtin_ms > 0 and r.ratio == r.ours_ms / r.builtin_ms for r in results)
+    assert all(0 < r.ours_min_ms <= r.ours_ms and 0 < r.builtin_min_ms <= r.builtin_ms for r in results)
+    assert [r["min_ratio"] for r in report["results"]] == [r.ours_min_ms / r.builtin_min_ms for r in results]
+    assert report["geomean_min"]["pool"] == pytest.approx(bench.geomean(r.min_ratio for r in results))
     assert report["geomean"]["pool"] == pytest.approx(bench.geomean(r.ratio for r in results))
     assert torch.tensor(1e-40).item() != 0.0  # flushing denormals ended with the run
 
@@ -53,3 +56,11 @@ def test_bf16_families_run_in_bfloat16():
     cases = conv.cases(batch=2, dtype=torch.bfloat16)
     assert all(c.ours_fp32 is not None for c in cases)
     cases[0].ours()  # runs in bfloat16 (a float32 weight would raise: the dtypes must match)
+
+
+def test_train_cases_cover_both_memory_formats():
+    from manual_ops.bench import train_step
+
+    cases = train_step.cases(batch=2)
+    assert sorted(c.name for c in cases) == sorted(
+        f"{m} step, batch 2, {f}" for m in train_step.MODELS for f in ("NCHW", "channels_last"))

@@ -25,7 +25,9 @@ GRAD_CASES = [
     ((2, 4, 7, 6), (6, 4, 3, 3), dict(padding="valid", stride=2)),
     ((2, 4, 5, 5), (6, 4, 1, 1), dict()),  # pointwise fast path
     ((2, 4, 5, 5), (6, 2, 1, 1), dict(groups=2)),  # pointwise, grouped
-    ((2, 4, 5, 5), (6, 4, 1, 1), dict(stride=2)),
+    ((2, 4, 5, 5), (6, 4, 1, 1), dict(stride=2)),  # 1x1 strided: im2col is a row gather
+    ((2, 4, 6, 5), (6, 2, 1, 1), dict(stride=(2, 3), groups=2)),
+    ((2, 3, 6, 5), (5, 3, 3, 3), dict(padding=1)),  # the 3-channel stem, K = 27
     ((4, 7, 6), (6, 4, 3, 3), dict(padding=1)),  # unbatched
     ((2, 3, 4, 4), (5, 3, 4, 4), dict()),  # kernel = input: 1x1 output
     ((2, 3, 3, 3), (5, 3, 5, 5), dict(padding=1)),  # kernel bigger than input, fits padded
@@ -87,11 +89,20 @@ def test_parity_float32(stride, padding, dilation, groups, k):
     assert_parity(x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
 
 
-@pytest.mark.parametrize("layout", ["channels_last", "noncontiguous", "weight_channels_last", "expanded_bias"])
-def test_layouts(layout):
-    x, w, b = torch.randn(2, 6, 9, 8), torch.randn(8, 6, 3, 3), torch.randn(8)
+LAYOUTS = ["channels_last", "noncontiguous", "weight_channels_last", "both_channels_last", "expanded_bias"]
+
+
+@pytest.mark.parametrize("k", [3, 1])
+@pytest.mark.parametrize("layout", LAYOUTS)
+def test_layouts(layout, k):
+    if k == 1 and layout in ("weight_channels_last", "both_channels_last"):
+        pytest.skip("a 1x1 weight is contiguous in both formats; our layout rule (is_channels_last) calls it "
+                    "contiguous, torch's suggest_memory_format calls it channels-last (a known difference)")
+    x, w, b = torch.randn(2, 6, 9, 8), torch.randn(8, 6, k, k), torch.randn(8)
     if layout == "channels_last":
         x = x.to(memory_format=torch.channels_last)
+    elif layout == "both_channels_last":
+        x, w = x.to(memory_format=torch.channels_last), w.to(memory_format=torch.channels_last)
     elif layout == "noncontiguous":
         x = torch.randn(2, 12, 9, 16)[:, ::2, :, ::2]
     elif layout == "weight_channels_last":
@@ -103,6 +114,7 @@ def test_layouts(layout):
     ref = F.conv2d(x, w, b, stride=2, padding=1)
     assert y.is_contiguous(memory_format=torch.channels_last) == ref.is_contiguous(memory_format=torch.channels_last)
     assert gx.stride() == x.contiguous(memory_format=manual_ops._utils.memory_format_of(x)).stride()
+    assert gw.stride() == w.contiguous(memory_format=manual_ops._utils.memory_format_of(w)).stride()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
