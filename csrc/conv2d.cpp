@@ -169,9 +169,9 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
 // W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
 // compute dtype (a view of a channels-last weight of that dtype; else a copy, once per call).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  return weight.permute({0, 2, 3, 1})
-      .to(compute_type(weight), /*non_blocking=*/false, /*copy=*/false, at::MemoryFormat::Contiguous)
-      .view({G.Cout, G.K()});
+  const Tensor taps = weight.permute({0, 2, 3, 1});  // (Cout, kh, kw, Cg)
+  if (taps.is_contiguous() && weight.scalar_type() == compute_type(weight)) return taps.view({G.Cout, G.K()});
+  return at::empty(taps.sizes(), weight.options().dtype(compute_type(weight))).copy_(taps).view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
