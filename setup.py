@@ -14,9 +14,10 @@ from torch.utils.cpp_extension import BuildExtension, CppExtension
 HERE = os.path.dirname(os.path.abspath(__file__))
 SOURCES = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
 
-# The oldest torch whose APIs we use: torch.library.register_fake / register_autograd / opcheck
-# arrived in 2.4, and torch.library.register_autocast in 2.5. No upper bound: none is known to break.
-TORCH_REQUIREMENT = "torch>=2.5"
+# The oldest torch whose APIs we use: torch.library.register_fake / register_autograd / opcheck and
+# the device-generic autocast API (torch.is_autocast_enabled(device_type),
+# torch.amp.is_autocast_available) arrived in 2.4. No upper bound: none is known to break.
+TORCH_REQUIREMENT = "torch>=2.4"
 TRAIN_EXTRAS = ["numpy", "tqdm", "matplotlib", "scikit-learn"]
 TEST_EXTRAS = TRAIN_EXTRAS + ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel"]
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs torch 2.13.0 (CPU; pinned here only, where it saves a download: the package itself
-# accepts any torch>=2.5), the test and train dependencies, and builds manual_ops in place
+# accepts any torch>=2.4), the test and train dependencies, and builds manual_ops in place
 # (editable) against that torch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
