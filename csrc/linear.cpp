@@ -114,7 +114,7 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, co
   if (is_reduced_floating(input.scalar_type())) {
     if (output_mask[0]) {
       grad_input = at::empty(input.sizes(), input.options());
-      Tensor dx = grad_input.view({-1, input.size(-1)});
+      Tensor dx = rows(grad_input);  // a view: grad_input is contiguous
       mm_in_float_tiles(dy, weight.to(at::kFloat), Tensor(), dx);
     }
     if (output_mask[1]) grad_weight = mm_t_in_float_tiles(dy, rows(input)).to(weight.scalar_type());

@@ -52,6 +52,7 @@ CASES = {
     "linear out=0": (F.linear, mF.linear, [torch.randn(4, 5), torch.randn(0, 5), torch.randn(0)]),
     "linear 3-D, middle 0": (F.linear, mF.linear, [torch.randn(2, 0, 5), torch.randn(3, 5)]),
     "linear 1-D in=0": (F.linear, mF.linear, [torch.randn(0), torch.randn(3, 0), torch.randn(3)]),
+    "linear in=0 bfloat16": (F.linear, mF.linear, [torch.randn(4, 0).bfloat16(), torch.randn(3, 0).bfloat16()]),
     # relu
     "relu (0, 3)": (F.relu, mF.relu, [torch.randn(0, 3)]),
     "relu 1-D 0": (F.relu, mF.relu, [torch.randn(0)]),

@@ -11,7 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
-from .batch_norm import _apply, _batch_norm_backward_fake
+from .batch_norm import _apply, _batch_norm_backward_fake, _param_dtype
 
 _ops = torch.ops.manual_ops
 
@@ -46,13 +46,6 @@ def combine_stats(counts, means, m2s):
     mean = (counts * means).sum(0) / n
     m2 = m2s.sum(0) + (counts * (means - mean) ** 2).sum(0)
     return int(n.item()), mean, m2
-
-
-def _parameter_dtype(input, *params):
-    """The dtype batch_norm_forward takes per-channel tensors in (csrc/batch_norm.cpp, param_type): float32
-    for a bfloat16/float16 input with float32 parameters (as autocast gives), else the input's."""
-    low = input.dtype in (torch.bfloat16, torch.float16)
-    return torch.float32 if low and any(p is not None and p.dtype == torch.float32 for p in params) else input.dtype
 
 
 def _all_gather(t, group):
@@ -93,7 +86,7 @@ class SyncBatchNormFunction(torch.autograd.Function):
             mean, var = torch.zeros(C, dtype=torch.float64), torch.ones(C, dtype=torch.float64)
         else:
             var = m2 / count
-        stats_dtype = _parameter_dtype(input, weight, bias, running_mean, running_var)
+        stats_dtype = _param_dtype(input, weight, bias, running_mean, running_var)
         out, save_mean, save_invstd = _ops.batch_norm_forward(
             input, weight, bias, mean.to(stats_dtype), var.to(stats_dtype), None, False, 0.0, eps, beta_floor,
             floor_scale)
