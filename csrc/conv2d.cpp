@@ -1,10 +1,13 @@
 // 2-D convolution (cross-correlation, as in torch) by im2col + GEMM, with the
 // backward written by hand. Derivation: docs/derivations.md, "conv2d".
 //
-// bfloat16 and float16 tensors are computed in float32 tiles: a tile of samples is staged
-// (converted) into float32 NHWC, its column matrix built in float32, the GEMM run in float32
-// (sgemm), and the result rounded once into the low-precision output or gradient.
+// bfloat16 and float16 tensors are computed in float32 by our GEMM (gemm.h), which converts its
+// operands to float32 as it packs them and rounds its float32 results once: the input, the
+// column matrix and the output gradient stay in their own dtype, and only the sums that span
+// several GEMMs (grad_weight over tiles of samples, grad_input over the taps in col2im) are
+// float32 buffers, rounded once at the end.
 #include "common.h"
+#include "gemm.h"
 #include "im2col.h"
 
 #include <tuple>
@@ -63,13 +66,13 @@ ConvGeometry conv_geometry(const char* op, const Tensor& input, const Tensor& we
   return G;
 }
 
-// The dtype the GEMMs run in: float32 for bfloat16 and float16 tensors, else their own.
-at::ScalarType compute_type(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
+// The dtype of sums that span several GEMMs: float32 for bfloat16 and float16 tensors, else their own.
+at::ScalarType sum_type(const Tensor& t) { return at::toOpMathType(t.scalar_type()); }
 
 // Samples per tile: within `budget` bytes of scratch, but at least kMinTileRows rows.
 int64_t tile_samples(const ConvGeometry& G, const Tensor& t, int64_t budget) {
   const int64_t scratch = G.L() * G.K() + 2 * G.C * G.H * G.W + G.Cout * G.L();  // elements per sample
-  const int64_t per_sample = std::max<int64_t>(1, scratch * c10::elementSize(compute_type(t)));
+  const int64_t per_sample = std::max<int64_t>(1, scratch * c10::elementSize(sum_type(t)));
   const int64_t samples = std::max(budget / per_sample, (kMinTileRows + G.L() - 1) / G.L());
   return std::max<int64_t>(1, std::min<int64_t>(G.N, samples));
 }
@@ -115,30 +118,30 @@ void copy_layout(Tensor& dst, const Tensor& src) {
     return;
   }
   const int64_t C = src.size(1), P = src.size(2) * src.size(3);
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "transpose_planes", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(src.scalar_type(), "transpose_planes", [&] {
     transpose_planes<scalar_t>(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.size(0),
                                to_nhwc ? C : P, to_nhwc ? P : C);
   });
 }
 
-// Tensors of any layout and dtype seen one tile of samples at a time in NHWC and in the
-// compute dtype: the tile itself when it is channels-last contiguous and of the compute dtype,
-// else a staging buffer of `tile` samples, allocated on first use (the copies into and out of
-// it convert layout and dtype at once). Only tile-sized copies are made, so no whole NHWC or
-// float32 copy of an input or output ever exists.
+// Tensors of any layout seen one tile of samples at a time in NHWC and in `dtype`: the tile
+// itself when it is channels-last contiguous and of that dtype, else a staging buffer of `tile`
+// samples, allocated on first use (the copies into and out of it convert layout and dtype at
+// once). Only tile-sized copies are made, so no whole NHWC or float32 copy of a tensor exists.
 struct NhwcTiles {
   Tensor t;
   int64_t tile;
+  at::ScalarType dtype;
   Tensor staging;
 
   bool direct(int64_t b0, int64_t nb) const {
-    return t.scalar_type() == compute_type(t) && t.narrow(0, b0, nb).is_contiguous(at::MemoryFormat::ChannelsLast);
+    return t.scalar_type() == dtype && t.narrow(0, b0, nb).is_contiguous(at::MemoryFormat::ChannelsLast);
   }
   Tensor buffer(int64_t b0, int64_t nb) {
     if (direct(b0, nb)) return t.narrow(0, b0, nb);
     if (!staging.defined()) {
       staging = at::empty({tile, t.size(1), t.size(2), t.size(3)},
-                          t.options().dtype(compute_type(t)).memory_format(at::MemoryFormat::ChannelsLast));
+                          t.options().dtype(dtype).memory_format(at::MemoryFormat::ChannelsLast));
     }
     return staging.narrow(0, 0, nb);
   }
@@ -160,18 +163,18 @@ struct NhwcTiles {
 // pointwise conv, else im2col into `buffer`.
 Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
   if (G.pointwise()) return rows_view(x_tile).narrow(1, g * G.Cg(), G.Cg());
-  AT_DISPATCH_FLOATING_TYPES(x_tile.scalar_type(), "im2col_nhwc", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(x_tile.scalar_type(), "im2col_nhwc", [&] {
     im2col_nhwc<scalar_t>(x_tile.const_data_ptr<scalar_t>(), G, nb, g, buffer.mutable_data_ptr<scalar_t>());
   });
   return buffer.narrow(0, 0, nb * G.L());
 }
 
-// W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order and the
-// compute dtype (a view of a channels-last weight of that dtype; else a copy, once per call).
+// W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order (a view of
+// a channels-last weight; else a copy, once per call).
 Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
   const Tensor taps = weight.permute({0, 2, 3, 1});  // (Cout, kh, kw, Cg)
-  if (taps.is_contiguous() && weight.scalar_type() == compute_type(weight)) return taps.view({G.Cout, G.K()});
-  return at::empty(taps.sizes(), weight.options().dtype(compute_type(weight))).copy_(taps).view({G.Cout, G.K()});
+  if (taps.is_contiguous()) return taps.view({G.Cout, G.K()});
+  return at::empty(taps.sizes(), weight.options()).copy_(taps).view({G.Cout, G.K()});
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -195,10 +198,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                                                                          : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
   const Tensor w_rows = weight_rows(weight, G);
-  const Tensor b = has_bias ? bias->to(compute_type(input)) : Tensor();
+  const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
-  NhwcTiles x{input, B}, y{out, B};
-  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(compute_type(input)));
+  NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
+  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
     const Tensor x_tile = x.read(b0, nb);
@@ -208,11 +211,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
       const Tensor cols = columns(x_tile, G, nb, g, buffer);
       Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
       const Tensor w_t = w_rows.narrow(0, g * G.Coutg(), G.Coutg()).t();
-      if (has_bias) {
-        at::addmm_out(y_g, b.narrow(0, g * G.Coutg(), G.Coutg()), cols, w_t);
-      } else {
-        at::mm_out(y_g, cols, w_t);
-      }
+      matmul(cols, w_t, y_g, false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
     }
     y.write(b0, nb, y_tile);
   }
@@ -224,7 +223,9 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
 //                                                     with the 180-degree-rotated, in/out-transposed W)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
-// dW is accumulated over the tiles in the compute dtype and rounded once at the end.
+// dW and dX are made in two passes over the tiles of samples, so that the scratch of one
+// (dW's float32 sum, the column matrix) is freed before the other's (the weight's tap-order
+// copy, dX's float32 tiles) is allocated: a training step's peak memory is reached here.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
                                                    const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
                                                    IntArrayRef dilation, int64_t groups,
@@ -239,58 +240,60 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
 
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
-  if (!output_mask[0] && !output_mask[1]) return {grad_input, grad_weight, grad_bias};
-
-  Tensor w_rows = output_mask[0] ? weight_rows(weight, G) : Tensor();
-  // dW is accumulated in the compute dtype and the tap order (i, j, c), i.e. channels-last, and rounded
-  // and laid out as the weight at the end
-  // (a 1x1 kernel's two orders are one: it is made in the weight's layout at once).
-  if (output_mask[1]) {
-    const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
-    grad_weight = at::empty({G.Cout, G.Cg(), G.kh, G.kw},
-                            weight.options().dtype(compute_type(weight)).memory_format(order)).zero_();
-  }
-  Tensor dw_rows = output_mask[1] ? grad_weight.permute({0, 2, 3, 1}).view({G.Cout, G.K()}) : Tensor();
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-  auto result = [&] {
-    if (output_mask[1]) grad_weight = grad_weight.to(weight.options(), false, false, memory_format_of(weight));
-    return std::make_tuple(grad_input, grad_weight, grad_bias);
-  };
-  if (input.numel() == 0) return result();
-
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
-  NhwcTiles x{input, B}, dy{grad_output, B}, dx{grad_input, B};
-  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(compute_type(input)));
-  for (int64_t b0 = 0; b0 < G.N; b0 += B) {
-    const int64_t nb = std::min(B, G.N - b0);
-    const Tensor dy_rows = rows_view(dy.read(b0, nb));
-    const Tensor x_tile = output_mask[1] ? x.read(b0, nb) : Tensor();
-    const Tensor dx_tile = output_mask[0] ? dx.buffer(b0, nb) : Tensor();
-    for (int64_t g = 0; g < G.groups; ++g) {
-      const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
-      if (output_mask[1]) {
-        const Tensor cols = columns(x_tile, G, nb, g, buffer);
-        dw_rows.narrow(0, g * G.Coutg(), G.Coutg()).addmm_(dy_g.t(), cols);
+  NhwcTiles dy{grad_output, B, input.scalar_type()};
+
+  if (output_mask[1]) {
+    // dW summed over the tiles in float32 (for low precision) and the tap order (i, j, c), i.e.
+    // channels-last, then rounded and laid out as the weight (a 1x1 kernel's two orders are one:
+    // it is summed in the weight's layout at once).
+    const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
+    Tensor sum = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(sum_type(weight)).memory_format(order))
+                     .zero_();
+    Tensor sum_rows = sum.permute({0, 2, 3, 1}).view({G.Cout, G.K()});
+    NhwcTiles x{input, B, input.scalar_type()};
+    Tensor cols_buffer = G.pointwise() || input.numel() == 0 ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
+    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += B) {
+      const int64_t nb = std::min(B, G.N - b0);
+      const Tensor dy_rows = rows_view(dy.read(b0, nb));
+      const Tensor x_tile = x.read(b0, nb);
+      for (int64_t g = 0; g < G.groups; ++g) {
+        const Tensor cols = columns(x_tile, G, nb, g, cols_buffer);
+        Tensor sum_g = sum_rows.narrow(0, g * G.Coutg(), G.Coutg());
+        matmul(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t(), cols, sum_g, true);
       }
-      if (output_mask[0]) {
+    }
+    cols_buffer.reset(), x.staging.reset();
+    grad_weight = sum.to(weight.options(), false, false, memory_format_of(weight));
+  }
+
+  if (output_mask[0] && input.numel() > 0) {
+    const Tensor w_rows = weight_rows(weight, G);
+    NhwcTiles dx{grad_input, B, sum_type(input)};
+    Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
+    for (int64_t b0 = 0; b0 < G.N; b0 += B) {
+      const int64_t nb = std::min(B, G.N - b0);
+      const Tensor dy_rows = rows_view(dy.read(b0, nb));
+      const Tensor dx_tile = dx.buffer(b0, nb);
+      for (int64_t g = 0; g < G.groups; ++g) {
+        const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
         const Tensor w_g = w_rows.narrow(0, g * G.Coutg(), G.Coutg());
         if (G.pointwise()) {
           Tensor dx_g = rows_view(dx_tile).narrow(1, g * G.Cg(), G.Cg());
-          at::mm_out(dx_g, dy_g, w_g);
+          matmul(dy_g, w_g, dx_g, false);
         } else {
-          Tensor dcols = buffer.narrow(0, 0, nb * G.L());
-          at::mm_out(dcols, dy_g, w_g);
+          Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
+          matmul(dy_g, w_g, dcols, false);
           AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
             col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
           });
         }
       }
+      dx.write(b0, nb, dx_tile);
     }
-    if (output_mask[0]) dx.write(b0, nb, dx_tile);
   }
-  // The scratch goes before grad_weight's layout copy, which is where a training step peaks.
-  w_rows.reset(), buffer.reset(), x.staging.reset(), dy.staging.reset(), dx.staging.reset();
-  return result();
+  return {grad_input, grad_weight, grad_bias};
 }
 
 }  // namespace

@@ -1,0 +1,195 @@
+// C = A @ B (+ bias) (+ C) by packed panels and an AVX2/FMA micro-kernel (the classical blocking
+// of Goto and van de Geijn). Each thread takes blocks of MC rows of C; for each block of NC
+// columns it sums over depth blocks of KC: it packs the block's A into panels of MR rows and B
+// into panels of NR columns (converting to float32), and the micro-kernel multiplies one
+// MR x KC panel of A by one KC x NR panel of B into an MR x NR tile held in 12 AVX registers,
+//   acc[i, j] += sum_{p < KC} A[i, p] * B[p, j]   for MR rows i and NR columns j,
+// added into the block's float32 result. The finished block gets the bias (and the old C) and
+// is rounded once into C.
+#include "gemm.h"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <vector>
+
+namespace manual_ops {
+namespace {
+
+// A strided matrix: element (i, j) is data[i * rs + j * cs].
+template <typename T>
+struct MatrixView {
+  const T* data;
+  int64_t rows, cols, rs, cs;
+  MatrixView t() const { return {data, cols, rows, cs, rs}; }
+};
+
+template <typename T>
+struct OutputView {
+  T* data;
+  int64_t rows, cols, rs, cs;
+  OutputView t() const { return {data, cols, rows, cs, rs}; }
+};
+
+constexpr int64_t MR = 6;     // rows of a micro-tile
+constexpr int64_t NR = 16;    // columns of a micro-tile: two 8-float AVX registers
+constexpr int64_t KC = 256;   // depth of a block: an A panel and a B panel, (MR + NR) * KC * 4 = 22 KB, stay in L1
+constexpr int64_t MC = 96;    // rows of a packed A block: MC * KC * 4 = 96 KB, in L2
+constexpr int64_t NC = 1024;  // columns of a block: its packed B (1 MB) and float32 result (384 KB) per thread
+
+int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
+
+// Packs rows [r0, r0 + rows) and depths [p0, p0 + kc) of S into panels of W rows, each panel
+// depth-major: out[panel * W * kc + p * W + w] = S[r0 + panel * W + w, p0 + p], zero past `rows`.
+// Used for A's rows (W = MR) and, through B^T, for B's columns (W = NR). Converts T to float32.
+template <int64_t W, typename T>
+void pack_panels(const MatrixView<T>& S, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* out) {
+  for (int64_t r = 0; r < rows; r += W, out += W * kc) {
+    const int64_t w_valid = std::min(W, rows - r);
+    const T* src = S.data + (r0 + r) * S.rs + p0 * S.cs;
+    if (S.rs == 1 && w_valid == W) {  // a panel's W values of one depth are adjacent in S
+      for (int64_t p = 0; p < kc; ++p)
+        for (int64_t w = 0; w < W; ++w) out[p * W + w] = static_cast<float>(src[p * S.cs + w]);
+      continue;
+    }
+    for (int64_t w = 0; w < W; ++w) {
+      if (w < w_valid) {
+        for (int64_t p = 0; p < kc; ++p) out[p * W + w] = static_cast<float>(src[w * S.rs + p * S.cs]);
+      } else {
+        for (int64_t p = 0; p < kc; ++p) out[p * W + w] = 0.f;
+      }
+    }
+  }
+}
+
+// row[0:16] = (lo, hi), or += when `accumulate`.
+__attribute__((target("avx2,fma"), always_inline)) inline void store_row(float* row, __m256 lo, __m256 hi,
+                                                                          bool accumulate) {
+  if (accumulate) lo = _mm256_add_ps(lo, _mm256_loadu_ps(row)), hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
+  _mm256_storeu_ps(row, lo), _mm256_storeu_ps(row + 8, hi);
+}
+
+// The micro-kernel: acc (MR x NR, row stride ld) = a (MR x kc panel) @ b (kc x NR panel), or
+// acc += that product when `accumulate`. The 12 accumulators are named variables: as an array,
+// GCC spills them to the stack on every step.
+__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a,
+                                                      const float* __restrict b, float* __restrict acc,
+                                                      int64_t ld, bool accumulate) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {
+    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+    __m256 ai = _mm256_broadcast_ss(a);
+    c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
+    ai = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
+    ai = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
+    ai = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
+    ai = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
+    ai = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
+  }
+  store_row(acc, c00, c01, accumulate), store_row(acc + ld, c10, c11, accumulate);
+  store_row(acc + 2 * ld, c20, c21, accumulate), store_row(acc + 3 * ld, c30, c31, accumulate);
+  store_row(acc + 4 * ld, c40, c41, accumulate), store_row(acc + 5 * ld, c50, c51, accumulate);
+}
+
+// C = A @ B + bias, or C += A @ B + bias when `accumulate`, for float32 `bias` (one value per column
+// of C, or nullptr). Each C[i, j] is a float32 fused-multiply-add chain over k, rounded once into TC.
+template <typename TA, typename TC>
+void gemm(const MatrixView<TA>& A_in, const MatrixView<TA>& B_in, const OutputView<TC>& C_in, bool accumulate,
+          const float* bias) {
+  TORCH_CHECK(A_in.cols == B_in.rows && A_in.rows == C_in.rows && B_in.cols == C_in.cols,
+              "manual_ops gemm: mismatched sizes (", A_in.rows, " x ", A_in.cols, ") @ (", B_in.rows, " x ",
+              B_in.cols, ") into (", C_in.rows, " x ", C_in.cols, ")");
+  // The threads split C's rows: for a C wider than tall, C^T = B^T @ A^T has more rows to split
+  // (and the bias, one value per column of C, is one per row of C^T).
+  const bool transpose = C_in.rows < C_in.cols;
+  const MatrixView<TA> A = transpose ? B_in.t() : A_in, B = transpose ? A_in.t() : B_in;
+  const OutputView<TC> C = transpose ? C_in.t() : C_in;
+  const int64_t M = C.rows, N = C.cols, K = A.cols;
+  if (M == 0 || N == 0) return;
+  const int64_t threads = at::get_num_threads();
+  // At least two blocks of rows per thread when M allows, for balance.
+  const int64_t mc_max = std::clamp(round_up((M + 2 * threads - 1) / (2 * threads), MR), MR, MC);
+  const int64_t nc_max = round_up(std::min(N, NC), NR), kc_max = std::min(K, KC);
+  at::parallel_for(0, (M + mc_max - 1) / mc_max, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> a_pack(mc_max * kc_max), b_pack(nc_max * kc_max), acc(mc_max * nc_max);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t ic = block * mc_max, mc = std::min(mc_max, M - ic);
+      for (int64_t jc = 0; jc < N; jc += NC) {
+        const int64_t nc = std::min(NC, N - jc);
+        std::fill(acc.begin(), acc.end(), 0.f);
+        for (int64_t pc = 0; pc < K; pc += KC) {
+          const int64_t kc = std::min(KC, K - pc);
+          pack_panels<MR>(A, ic, mc, pc, kc, a_pack.data());
+          pack_panels<NR>(B.t(), jc, nc, pc, kc, b_pack.data());
+          for (int64_t jr = 0; jr < nc; jr += NR)
+            for (int64_t ir = 0; ir < mc; ir += MR)
+              micro_kernel(kc, a_pack.data() + ir * kc, b_pack.data() + jr * kc, acc.data() + ir * nc_max + jr,
+                           nc_max, pc > 0);
+        }
+        // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
+        for (int64_t i = 0; i < mc; ++i) {
+          TC* c = C.data + (ic + i) * C.rs + jc * C.cs;
+          const float* a = acc.data() + i * nc_max;
+          const float row_bias = bias != nullptr && transpose ? bias[ic + i] : 0.f;
+          for (int64_t j = 0; j < nc; ++j) {
+            float v = a[j] + row_bias;
+            if (bias != nullptr && !transpose) v += bias[jc + j];
+            if (accumulate) v += static_cast<float>(c[j * C.cs]);
+            c[j * C.cs] = static_cast<TC>(v);
+          }
+        }
+      }
+    }
+  });
+}
+
+template <typename T>
+MatrixView<T> matrix_view(const Tensor& t) {
+  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+template <typename T>
+OutputView<T> output_view(Tensor& t) {
+  return {t.mutable_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+}
+
+}  // namespace
+
+void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool accumulate, const Tensor& bias) {
+  TORCH_CHECK(A.scalar_type() == B.scalar_type() && (C.scalar_type() == A.scalar_type() || C.scalar_type() == at::kFloat),
+              "manual_ops matmul: unsupported dtypes ", A.scalar_type(), " @ ", B.scalar_type(), " into ",
+              C.scalar_type());
+  const at::ScalarType t = A.scalar_type();
+  if (!use_avx2() || t == at::kDouble) {
+    const Tensor a = A.to(C.scalar_type()), b = B.to(C.scalar_type());
+    const Tensor b_ = bias.defined() ? bias.to(C.scalar_type()) : bias;
+    if (accumulate) {
+      C.addmm_(a, b);
+      if (b_.defined()) C.add_(b_);
+    } else {
+      b_.defined() ? at::addmm_out(C, b_, a, b) : at::mm_out(C, a, b);
+    }
+    return;
+  }
+  const Tensor bias_values = bias.defined() ? bias.contiguous() : bias;  // e.g. an expanded bias has stride 0
+  const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t, "manual_ops_matmul", [&] {
+    if constexpr (!std::is_same_v<scalar_t, double>) {
+      if (C.scalar_type() == at::kFloat) {
+        gemm<scalar_t, float>(matrix_view<scalar_t>(A), matrix_view<scalar_t>(B), output_view<float>(C), accumulate,
+                              bias_data);
+      } else {
+        gemm<scalar_t, scalar_t>(matrix_view<scalar_t>(A), matrix_view<scalar_t>(B), output_view<scalar_t>(C),
+                                 accumulate, bias_data);
+      }
+    }
+  });
+}
+
+}  // namespace manual_ops
