@@ -224,8 +224,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
 //                                                     with the 180-degree-rotated, in/out-transposed W)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
 // dW and dX are made in two passes over the tiles of samples, so that the scratch of one
-// (dW's float32 sum, the column matrix) is freed before the other's (the weight's tap-order
-// copy, dX's float32 tiles) is allocated: a training step's peak memory is reached here.
+// (dW's float32 sum, the column matrix) is freed before the other's (grad_input, the weight's
+// tap-order copy, dX's float32 tiles) is allocated: a training step's peak memory is reached here.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
                                                    const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
                                                    IntArrayRef dilation, int64_t groups,
@@ -240,37 +240,42 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
 
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
-  if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
-  NhwcTiles dy{grad_output, B, input.scalar_type()};
 
   if (output_mask[1]) {
-    // dW summed over the tiles in float32 (for low precision) and the tap order (i, j, c), i.e.
-    // channels-last, then rounded and laid out as the weight (a 1x1 kernel's two orders are one:
-    // it is summed in the weight's layout at once).
+    // dW in the tap order (i, j, c), i.e. channels-last, then laid out as the weight (a 1x1 kernel's
+    // two orders are one: it is made in the weight's layout at once). Over several tiles it is a
+    // sum of GEMMs, kept in float32 for low precision and rounded at the end; but where the whole
+    // batch's column matrix takes no more memory than that float32 sum would (small images, many
+    // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
+    const bool one_tile = sum_type(input) != input.scalar_type() &&
+                          G.N * G.L() * c10::elementSize(input.scalar_type()) <= G.Cout * c10::elementSize(sum_type(input));
+    const int64_t Bw = one_tile ? G.N : B;
     const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
-    Tensor sum = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(sum_type(weight)).memory_format(order))
-                     .zero_();
-    Tensor sum_rows = sum.permute({0, 2, 3, 1}).view({G.Cout, G.K()});
-    NhwcTiles x{input, B, input.scalar_type()};
-    Tensor cols_buffer = G.pointwise() || input.numel() == 0 ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
-    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += B) {
-      const int64_t nb = std::min(B, G.N - b0);
+    const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
+    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(order));
+    if (input.numel() == 0) dw.zero_();
+    Tensor dw_rows = dw.permute({0, 2, 3, 1}).view({G.Cout, G.K()});
+    NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
+    Tensor cols_buffer = G.pointwise() || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
+    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
+      const int64_t nb = std::min(Bw, G.N - b0);
       const Tensor dy_rows = rows_view(dy.read(b0, nb));
       const Tensor x_tile = x.read(b0, nb);
       for (int64_t g = 0; g < G.groups; ++g) {
         const Tensor cols = columns(x_tile, G, nb, g, cols_buffer);
-        Tensor sum_g = sum_rows.narrow(0, g * G.Coutg(), G.Coutg());
-        matmul(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t(), cols, sum_g, true);
+        Tensor dw_g = dw_rows.narrow(0, g * G.Coutg(), G.Coutg());
+        matmul(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t(), cols, dw_g, b0 > 0);
       }
     }
-    cols_buffer.reset(), x.staging.reset();
-    grad_weight = sum.to(weight.options(), false, false, memory_format_of(weight));
+    cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
+    grad_weight = dw.to(weight.options(), false, false, memory_format_of(weight));
   }
 
+  if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0) {
     const Tensor w_rows = weight_rows(weight, G);
-    NhwcTiles dx{grad_input, B, sum_type(input)};
+    NhwcTiles dy{grad_output, B, input.scalar_type()}, dx{grad_input, B, sum_type(input)};
     Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
     for (int64_t b0 = 0; b0 < G.N; b0 += B) {
       const int64_t nb = std::min(B, G.N - b0);

@@ -77,6 +77,17 @@ def test_conv2d(dtype, stride, padding, dilation, groups, bias, k, cl):
 
 
 @pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("k,groups", [(3, 1), (1, 1), (3, 2)])
+def test_conv2d_small_image_many_channels(dtype, k, groups):
+    """grad_weight by one GEMM over the batch, rounded straight into the dtype (conv2d.cpp: its column
+    matrix is no larger than a float32 sum of grad_weight would be)."""
+    x = _x(3, 40, 3, 3)
+    w = (torch.randn(48, 40 // groups, k, k, dtype=torch.float64) / 6).requires_grad_()
+    conv = lambda f: lambda *a: f(*a, padding=k // 2, groups=groups)  # noqa: E731
+    check_accuracy(conv(mF.conv2d), conv(F.conv2d), [x, w], [dtype, dtype])
+
+
+@pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("shape,bias", [((5, 16), True), ((2, 3, 16), False), ((16,), True), ((300, 16), True)])
 def test_linear(dtype, shape, bias):
     inputs = [_x(*shape), _x(7, 16), _x(7)][:3 if bias else 2]
