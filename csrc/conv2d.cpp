@@ -169,12 +169,16 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
   return buffer.narrow(0, 0, nb * G.L());
 }
 
-// W[co, (i, j, c)]: the weight as a (Cout, K) matrix in the column matrix's tap order (a view of
-// a channels-last weight; else a copy, once per call).
-Tensor weight_rows(const Tensor& weight, const ConvGeometry& G) {
-  const Tensor taps = weight.permute({0, 2, 3, 1});  // (Cout, kh, kw, Cg)
-  if (taps.is_contiguous()) return taps.view({G.Cout, G.K()});
-  return at::empty(taps.sizes(), weight.options()).copy_(taps).view({G.Cout, G.K()});
+// W[co, (i, j, c)]: a weight (or grad_weight) as a (Cout, K) matrix in the column matrix's tap
+// order, in place: column k = t * Cg + c, for tap t = i * kw + j, lies at t * s_t + c * stride(1),
+// where the taps are equally spaced, s_t apart (stride(2) = kw * stride(3), as in a contiguous
+// and a channels-last weight, or one of kh, kw is 1); a weight of other strides is copied first.
+Matrix weight_taps(const Tensor& weight, const ConvGeometry& G) {
+  const bool even_taps = G.kh == 1 || G.kw == 1 || weight.stride(2) == G.kw * weight.stride(3);
+  const Tensor w = even_taps ? weight : at::empty(weight.sizes(), weight.options()).copy_(weight);
+  const int64_t tap_stride = G.kw == 1 ? w.stride(2) : w.stride(3);
+  const Dim taps = G.Cg() == 1 ? Dim::plain(G.K(), tap_stride) : Dim{G.K(), w.stride(1), G.Cg(), tap_stride};
+  return {w, 0, Dim::plain(G.Cout, w.stride(0)), taps};
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -197,7 +201,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                          input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                          : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
-  const Tensor w_rows = weight_rows(weight, G);
+  const Matrix w_taps = weight_taps(weight, G);
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
@@ -210,8 +214,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
     for (int64_t g = 0; g < G.groups; ++g) {
       const Tensor cols = columns(x_tile, G, nb, g, buffer);
       Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
-      const Tensor w_t = w_rows.narrow(0, g * G.Coutg(), G.Coutg()).t();
-      matmul(cols, w_t, y_g, false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
+      const Matrix w_t = w_taps.narrow_rows(g * G.Coutg(), G.Coutg()).transposed();
+      matmul(matrix(cols), w_t, matrix(y_g), false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
     }
     y.write(b0, nb, y_tile);
   }
@@ -224,8 +228,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
 //                                                     with the 180-degree-rotated, in/out-transposed W)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
 // dW and dX are made in two passes over the tiles of samples, so that the scratch of one
-// (dW's float32 sum, the column matrix) is freed before the other's (grad_input, the weight's
-// tap-order copy, dX's float32 tiles) is allocated: a training step's peak memory is reached here.
+// (dW's float32 sum, the column matrix) is freed before the other's (grad_input, dX's float32
+// tiles) is allocated: a training step's peak memory is reached here.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
                                                    const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
                                                    IntArrayRef dilation, int64_t groups,
@@ -243,19 +247,17 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
 
   if (output_mask[1]) {
-    // dW in the tap order (i, j, c), i.e. channels-last, then laid out as the weight (a 1x1 kernel's
-    // two orders are one: it is made in the weight's layout at once). Over several tiles it is a
-    // sum of GEMMs, kept in float32 for low precision and rounded at the end; but where the whole
-    // batch's column matrix takes no more memory than that float32 sum would (small images, many
+    // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
+    // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
+    // column matrix takes no more memory than that float32 sum would (small images, many
     // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
     const bool one_tile = sum_type(input) != input.scalar_type() &&
                           G.N * G.L() * c10::elementSize(input.scalar_type()) <= G.Cout * c10::elementSize(sum_type(input));
     const int64_t Bw = one_tile ? G.N : B;
-    const auto order = G.kh * G.kw == 1 ? memory_format_of(weight) : at::MemoryFormat::ChannelsLast;
     const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
-    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(order));
+    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
     if (input.numel() == 0) dw.zero_();
-    Tensor dw_rows = dw.permute({0, 2, 3, 1}).view({G.Cout, G.K()});
+    const Matrix dw_taps = weight_taps(dw, G);
     NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
     Tensor cols_buffer = G.pointwise() || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
     for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
@@ -264,17 +266,17 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       const Tensor x_tile = x.read(b0, nb);
       for (int64_t g = 0; g < G.groups; ++g) {
         const Tensor cols = columns(x_tile, G, nb, g, cols_buffer);
-        Tensor dw_g = dw_rows.narrow(0, g * G.Coutg(), G.Coutg());
-        matmul(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t(), cols, dw_g, b0 > 0);
+        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), matrix(cols),
+               dw_taps.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
       }
     }
     cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
-    grad_weight = dw.to(weight.options(), false, false, memory_format_of(weight));
+    grad_weight = dw.to(weight.scalar_type());
   }
 
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0) {
-    const Tensor w_rows = weight_rows(weight, G);
+    const Matrix w_taps = weight_taps(weight, G);
     NhwcTiles dy{grad_output, B, input.scalar_type()}, dx{grad_input, B, sum_type(input)};
     Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
     for (int64_t b0 = 0; b0 < G.N; b0 += B) {
@@ -283,13 +285,12 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       const Tensor dx_tile = dx.buffer(b0, nb);
       for (int64_t g = 0; g < G.groups; ++g) {
         const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
-        const Tensor w_g = w_rows.narrow(0, g * G.Coutg(), G.Coutg());
+        const Matrix w_g = w_taps.narrow_rows(g * G.Coutg(), G.Coutg());
         if (G.pointwise()) {
-          Tensor dx_g = rows_view(dx_tile).narrow(1, g * G.Cg(), G.Cg());
-          matmul(dy_g, w_g, dx_g, false);
+          matmul(matrix(dy_g), w_g, matrix(rows_view(dx_tile).narrow(1, g * G.Cg(), G.Cg())), false);
         } else {
           Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
-          matmul(dy_g, w_g, dcols, false);
+          matmul(matrix(dy_g), w_g, matrix(dcols), false);
           AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
             col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
           });

@@ -16,19 +16,12 @@
 namespace manual_ops {
 namespace {
 
-// A strided matrix: element (i, j) is data[i * rs + j * cs].
+// A Matrix's data as T: element (i, j) at data[rows.offset(i) + cols.offset(j)].
 template <typename T>
-struct MatrixView {
-  const T* data;
-  int64_t rows, cols, rs, cs;
-  MatrixView t() const { return {data, cols, rows, cs, rs}; }
-};
-
-template <typename T>
-struct OutputView {
+struct View {
   T* data;
-  int64_t rows, cols, rs, cs;
-  OutputView t() const { return {data, cols, rows, cs, rs}; }
+  Dim rows, cols;
+  View t() const { return {data, cols, rows}; }
 };
 
 constexpr int64_t MR = 6;     // rows of a micro-tile
@@ -42,19 +35,23 @@ int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 // Packs rows [r0, r0 + rows) and depths [p0, p0 + kc) of S into panels of W rows, each panel
 // depth-major: out[panel * W * kc + p * W + w] = S[r0 + panel * W + w, p0 + p], zero past `rows`.
 // Used for A's rows (W = MR) and, through B^T, for B's columns (W = NR). Converts T to float32.
+// The depth offsets are tabulated once per call, so a split dimension costs no division per value.
 template <int64_t W, typename T>
-void pack_panels(const MatrixView<T>& S, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* out) {
+void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* out) {
+  int64_t depth[KC];
+  for (int64_t p = 0; p < kc; ++p) depth[p] = S.cols.offset(p0 + p);
   for (int64_t r = 0; r < rows; r += W, out += W * kc) {
     const int64_t w_valid = std::min(W, rows - r);
-    const T* src = S.data + (r0 + r) * S.rs + p0 * S.cs;
-    if (S.rs == 1 && w_valid == W) {  // a panel's W values of one depth are adjacent in S
+    if (S.rows.is_plain() && S.rows.stride == 1 && w_valid == W) {  // a panel's W values of one depth are adjacent
+      const T* src = S.data + S.rows.offset(r0 + r);
       for (int64_t p = 0; p < kc; ++p)
-        for (int64_t w = 0; w < W; ++w) out[p * W + w] = static_cast<float>(src[p * S.cs + w]);
+        for (int64_t w = 0; w < W; ++w) out[p * W + w] = static_cast<float>(src[depth[p] + w]);
       continue;
     }
     for (int64_t w = 0; w < W; ++w) {
       if (w < w_valid) {
-        for (int64_t p = 0; p < kc; ++p) out[p * W + w] = static_cast<float>(src[w * S.rs + p * S.cs]);
+        const T* src = S.data + S.rows.offset(r0 + r + w);
+        for (int64_t p = 0; p < kc; ++p) out[p * W + w] = static_cast<float>(src[depth[p]]);
       } else {
         for (int64_t p = 0; p < kc; ++p) out[p * W + w] = 0.f;
       }
@@ -100,17 +97,14 @@ __attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* _
 // C = A @ B + bias, or C += A @ B + bias when `accumulate`, for float32 `bias` (one value per column
 // of C, or nullptr). Each C[i, j] is a float32 fused-multiply-add chain over k, rounded once into TC.
 template <typename TA, typename TC>
-void gemm(const MatrixView<TA>& A_in, const MatrixView<TA>& B_in, const OutputView<TC>& C_in, bool accumulate,
+void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>& C_in, bool accumulate,
           const float* bias) {
-  TORCH_CHECK(A_in.cols == B_in.rows && A_in.rows == C_in.rows && B_in.cols == C_in.cols,
-              "manual_ops gemm: mismatched sizes (", A_in.rows, " x ", A_in.cols, ") @ (", B_in.rows, " x ",
-              B_in.cols, ") into (", C_in.rows, " x ", C_in.cols, ")");
   // The threads split C's rows: for a C wider than tall, C^T = B^T @ A^T has more rows to split
   // (and the bias, one value per column of C, is one per row of C^T).
-  const bool transpose = C_in.rows < C_in.cols;
-  const MatrixView<TA> A = transpose ? B_in.t() : A_in, B = transpose ? A_in.t() : B_in;
-  const OutputView<TC> C = transpose ? C_in.t() : C_in;
-  const int64_t M = C.rows, N = C.cols, K = A.cols;
+  const bool transpose = C_in.rows.size < C_in.cols.size;
+  const View<const TA> A = transpose ? B_in.t() : A_in, B = transpose ? A_in.t() : B_in;
+  const View<TC> C = transpose ? C_in.t() : C_in;
+  const int64_t M = C.rows.size, N = C.cols.size, K = A.cols.size;
   if (M == 0 || N == 0) return;
   const int64_t threads = at::get_num_threads();
   // At least two blocks of rows per thread when M allows, for balance.
@@ -118,6 +112,7 @@ void gemm(const MatrixView<TA>& A_in, const MatrixView<TA>& B_in, const OutputVi
   const int64_t nc_max = round_up(std::min(N, NC), NR), kc_max = std::min(K, KC);
   at::parallel_for(0, (M + mc_max - 1) / mc_max, 1, [&](int64_t begin, int64_t end) {
     std::vector<float> a_pack(mc_max * kc_max), b_pack(nc_max * kc_max), acc(mc_max * nc_max);
+    std::vector<int64_t> col_offset(nc_max);
     for (int64_t block = begin; block < end; ++block) {
       const int64_t ic = block * mc_max, mc = std::min(mc_max, M - ic);
       for (int64_t jc = 0; jc < N; jc += NC) {
@@ -133,15 +128,16 @@ void gemm(const MatrixView<TA>& A_in, const MatrixView<TA>& B_in, const OutputVi
                            nc_max, pc > 0);
         }
         // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
+        for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
         for (int64_t i = 0; i < mc; ++i) {
-          TC* c = C.data + (ic + i) * C.rs + jc * C.cs;
+          TC* c = C.data + C.rows.offset(ic + i);
           const float* a = acc.data() + i * nc_max;
           const float row_bias = bias != nullptr && transpose ? bias[ic + i] : 0.f;
           for (int64_t j = 0; j < nc; ++j) {
             float v = a[j] + row_bias;
             if (bias != nullptr && !transpose) v += bias[jc + j];
-            if (accumulate) v += static_cast<float>(c[j * C.cs]);
-            c[j * C.cs] = static_cast<TC>(v);
+            if (accumulate) v += static_cast<float>(c[col_offset[j]]);
+            c[col_offset[j]] = static_cast<TC>(v);
           }
         }
       }
@@ -149,44 +145,56 @@ void gemm(const MatrixView<TA>& A_in, const MatrixView<TA>& B_in, const OutputVi
   });
 }
 
-template <typename T>
-MatrixView<T> matrix_view(const Tensor& t) {
-  return {t.const_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
-}
-
-template <typename T>
-OutputView<T> output_view(Tensor& t) {
-  return {t.mutable_data_ptr<T>(), t.size(0), t.size(1), t.stride(0), t.stride(1)};
+// A Matrix as a dense 2-D tensor for at::mm: a view where its dims are plain, else a copy
+// (a split dim of size s * split is two tensor dims, (s, split), merged by reshape).
+Tensor as_tensor(const Matrix& m) {
+  std::vector<int64_t> sizes, strides;
+  for (const Dim& d : {m.rows, m.cols}) {
+    if (d.is_plain()) {
+      sizes.push_back(d.size), strides.push_back(d.stride);
+    } else {
+      TORCH_CHECK(d.size % d.split == 0, "manual_ops matmul: a split dimension must be a multiple of its split");
+      sizes.insert(sizes.end(), {d.size / d.split, d.split}), strides.insert(strides.end(), {d.outer, d.stride});
+    }
+  }
+  return m.t.as_strided(sizes, strides, m.t.storage_offset() + m.offset);
 }
 
 }  // namespace
 
-void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool accumulate, const Tensor& bias) {
-  TORCH_CHECK(A.scalar_type() == B.scalar_type() && (C.scalar_type() == A.scalar_type() || C.scalar_type() == at::kFloat),
-              "manual_ops matmul: unsupported dtypes ", A.scalar_type(), " @ ", B.scalar_type(), " into ",
-              C.scalar_type());
-  const at::ScalarType t = A.scalar_type();
+Matrix matrix(const Tensor& t) {
+  TORCH_CHECK(t.dim() == 2, "manual_ops matrix: expected a 2-D tensor, but got size ", t.sizes());
+  return {t, 0, Dim::plain(t.size(0), t.stride(0)), Dim::plain(t.size(1), t.stride(1))};
+}
+
+void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, const Tensor& bias) {
+  const at::ScalarType t = A.t.scalar_type(), out_type = C.t.scalar_type();
+  TORCH_CHECK(B.t.scalar_type() == t && (out_type == t || out_type == at::kFloat), "manual_ops matmul: unsupported dtypes ",
+              t, " @ ", B.t.scalar_type(), " into ", out_type);
+  TORCH_CHECK(A.cols.size == B.rows.size && A.rows.size == C.rows.size && B.cols.size == C.cols.size,
+              "manual_ops matmul: mismatched sizes (", A.rows.size, " x ", A.cols.size, ") @ (", B.rows.size, " x ",
+              B.cols.size, ") into (", C.rows.size, " x ", C.cols.size, ")");
   if (!use_avx2() || t == at::kDouble) {
-    const Tensor a = A.to(C.scalar_type()), b = B.to(C.scalar_type());
-    const Tensor b_ = bias.defined() ? bias.to(C.scalar_type()) : bias;
-    if (accumulate) {
-      C.addmm_(a, b);
-      if (b_.defined()) C.add_(b_);
-    } else {
-      b_.defined() ? at::addmm_out(C, b_, a, b) : at::mm_out(C, a, b);
-    }
+    const Tensor a = as_tensor(A).reshape({A.rows.size, A.cols.size}).to(out_type);
+    const Tensor b = as_tensor(B).reshape({B.rows.size, B.cols.size}).to(out_type);
+    Tensor product = at::mm(a, b);
+    if (bias.defined()) product.add_(bias.to(out_type));
+    Tensor c = as_tensor(C);
+    const Tensor result = product.view(c.sizes());
+    accumulate ? c.add_(result) : c.copy_(result);
     return;
   }
   const Tensor bias_values = bias.defined() ? bias.contiguous() : bias;  // e.g. an expanded bias has stride 0
   const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, t, "manual_ops_matmul", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(t, "manual_ops_matmul", [&] {
     if constexpr (!std::is_same_v<scalar_t, double>) {
-      if (C.scalar_type() == at::kFloat) {
-        gemm<scalar_t, float>(matrix_view<scalar_t>(A), matrix_view<scalar_t>(B), output_view<float>(C), accumulate,
-                              bias_data);
+      const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};
+      const View<const scalar_t> b{B.t.const_data_ptr<scalar_t>() + B.offset, B.rows, B.cols};
+      if (out_type == at::kFloat) {
+        gemm<scalar_t, float>(a, b, {C.t.mutable_data_ptr<float>() + C.offset, C.rows, C.cols}, accumulate, bias_data);
       } else {
-        gemm<scalar_t, scalar_t>(matrix_view<scalar_t>(A), matrix_view<scalar_t>(B), output_view<scalar_t>(C),
-                                 accumulate, bias_data);
+        gemm<scalar_t, scalar_t>(a, b, {C.t.mutable_data_ptr<scalar_t>() + C.offset, C.rows, C.cols}, accumulate,
+                                 bias_data);
       }
     }
   });

@@ -3,7 +3,9 @@
 // It packs its operands into float32 panels itself, so a bfloat16 or float16 operand is converted
 // as it is packed (no float32 copy of it is made), multiplies in float32 with an AVX2/FMA
 // micro-kernel, and rounds the float32 result once into an output of the operands' dtype or
-// float32. It needs AVX2 and FMA (use_avx2()); matmul() falls back to at::mm otherwise.
+// float32. Its operands are views of any strides, and a dimension may be split in two (a conv
+// weight seen as a (Cout, kh*kw*Cg) matrix in tap order, in place). It needs AVX2 and FMA
+// (use_avx2()); matmul() falls back to at::mm otherwise.
 #pragma once
 
 #include "common.h"
@@ -11,11 +13,37 @@
 
 namespace manual_ops {
 
-// C = A @ B + bias, or C += A @ B + bias when `accumulate`, for 2-D tensors of any strides: A and B
-// of one dtype, C of theirs or float32, bias float32 (one value per column of C) or undefined.
-// Float32 arithmetic, rounded once into C. Threads: its own parallel region; call it outside one.
-// Our GEMM for float32, bfloat16 and float16 where the CPU has AVX2 and FMA, else at::mm (on
-// copies in C's dtype).
-void matmul(const Tensor& A, const Tensor& B, Tensor& C, bool accumulate, const Tensor& bias = Tensor());
+// One dimension of a matrix over a tensor's storage: index i lies at
+// (i / split) * outer + (i % split) * stride elements from the tensor's data. A plain strided
+// dimension has split = size (at least 1).
+struct Dim {
+  int64_t size, stride, split, outer;
+  static Dim plain(int64_t size, int64_t stride) { return {size, stride, std::max<int64_t>(size, 1), 0}; }
+  bool is_plain() const { return split >= size; }
+  int64_t offset(int64_t i) const { return is_plain() ? i * stride : (i / split) * outer + (i % split) * stride; }
+};
+
+// A matrix over `t`'s data: element (i, j) lies offset + rows.offset(i) + cols.offset(j) elements
+// from t's data pointer.
+struct Matrix {
+  Tensor t;
+  int64_t offset;
+  Dim rows, cols;
+  Matrix transposed() const { return {t, offset, cols, rows}; }
+  // Rows [start, start + length), of a plain row dimension.
+  Matrix narrow_rows(int64_t start, int64_t length) const {
+    TORCH_CHECK(rows.is_plain(), "manual_ops Matrix: narrow_rows of a split dimension");
+    return {t, offset + start * rows.stride, Dim::plain(length, rows.stride), cols};
+  }
+};
+
+// A 2-D tensor (any strides) as a Matrix.
+Matrix matrix(const Tensor& t);
+
+// C = A @ B + bias, or C += A @ B + bias when `accumulate`: A and B of one dtype, C of theirs or
+// float32, bias float32 (one value per column of C) or undefined. Float32 arithmetic, rounded once
+// into C. Threads: its own parallel region; call it outside one. Our GEMM for float32, bfloat16
+// and float16 where the CPU has AVX2 and FMA, else at::mm (on copies in C's dtype).
+void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, const Tensor& bias = Tensor());
 
 }  // namespace manual_ops
