@@ -173,7 +173,14 @@ Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
 // order, in place: column k = t * Cg + c, for tap t = i * kw + j, lies at t * s_t + c * stride(1),
 // where the taps are equally spaced, s_t apart (stride(2) = kw * stride(3), as in a contiguous
 // and a channels-last weight, or one of kh, kw is 1); a weight of other strides is copied first.
-Matrix weight_taps(const Tensor& weight, const ConvGeometry& G) {
+// For at::mm (own_gemm false), which needs plain strides, a weight that is not channels-last
+// is copied into tap order once per call, for reading (`copy_for_mm`).
+Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm = false) {
+  if (copy_for_mm && !own_gemm(weight.scalar_type())) {
+    const Tensor taps = weight.permute({0, 2, 3, 1});  // (Cout, kh, kw, Cg)
+    return matrix((taps.is_contiguous() ? taps : at::empty(taps.sizes(), weight.options()).copy_(taps))
+                      .view({G.Cout, G.K()}));
+  }
   const bool even_taps = G.kh == 1 || G.kw == 1 || weight.stride(2) == G.kw * weight.stride(3);
   const Tensor w = even_taps ? weight : at::empty(weight.sizes(), weight.options()).copy_(weight);
   const int64_t tap_stride = G.kw == 1 ? w.stride(2) : w.stride(3);
@@ -201,7 +208,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                          input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                          : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
-  const Matrix w_taps = weight_taps(weight, G);
+  const Matrix w_taps = weight_taps(weight, G, true);
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
@@ -276,7 +283,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
 
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0) {
-    const Matrix w_taps = weight_taps(weight, G);
+    const Matrix w_taps = weight_taps(weight, G, true);
     NhwcTiles dy{grad_output, B, input.scalar_type()}, dx{grad_input, B, sum_type(input)};
     Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
     for (int64_t b0 = 0; b0 < G.N; b0 += B) {

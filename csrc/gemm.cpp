@@ -1,7 +1,7 @@
 // C = A @ B (+ bias) (+ C) by packed panels and an AVX2/FMA micro-kernel (the classical blocking
-// of Goto and van de Geijn). Each thread takes blocks of MC rows of C; for each block of NC
-// columns it sums over depth blocks of KC: it packs the block's A into panels of MR rows and B
-// into panels of NR columns (converting to float32), and the micro-kernel multiplies one
+// of Goto and van de Geijn). B is packed once into panels of NR columns (converted to float32).
+// Each thread takes blocks of MC rows of C; for each block of NC columns it sums over depth
+// blocks of KC: it packs the block's A into panels of MR rows, and the micro-kernel multiplies one
 // MR x KC panel of A by one KC x NR panel of B into an MR x NR tile held in 12 AVX registers,
 //   acc[i, j] += sum_{p < KC} A[i, p] * B[p, j]   for MR rows i and NR columns j,
 // added into the block's float32 result. The finished block gets the bias (and the old C) and
@@ -28,7 +28,7 @@ constexpr int64_t MR = 6;     // rows of a micro-tile
 constexpr int64_t NR = 16;    // columns of a micro-tile: two 8-float AVX registers
 constexpr int64_t KC = 256;   // depth of a block: an A panel and a B panel, (MR + NR) * KC * 4 = 22 KB, stay in L1
 constexpr int64_t MC = 96;    // rows of a packed A block: MC * KC * 4 = 96 KB, in L2
-constexpr int64_t NC = 1024;  // columns of a block: its packed B (1 MB) and float32 result (384 KB) per thread
+constexpr int64_t NC = 1024;  // columns of a block: its float32 result is MC * NC * 4 = 384 KB per thread
 
 int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 
@@ -109,9 +109,19 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
   const int64_t threads = at::get_num_threads();
   // At least two blocks of rows per thread when M allows, for balance.
   const int64_t mc_max = std::clamp(round_up((M + 2 * threads - 1) / (2 * threads), MR), MR, MC);
-  const int64_t nc_max = round_up(std::min(N, NC), NR), kc_max = std::min(K, KC);
+  const int64_t n_padded = round_up(N, NR), nc_max = std::min(n_padded, NC), kc_max = std::min(K, KC);
+  // B is packed once, by all threads, before the row blocks share it: the depth block starting
+  // at pc holds its panels of NR columns from b_pack + pc * n_padded, panel j at + j * kc.
+  std::vector<float> b_pack(n_padded * K);
+  const int64_t panels = n_padded / NR, depth_blocks = (K + KC - 1) / KC;
+  at::parallel_for(0, depth_blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t pc = task / panels * KC, j = task % panels * NR, kc = std::min(KC, K - pc);
+      pack_panels<NR>(B.t(), j, std::min(NR, N - j), pc, kc, b_pack.data() + pc * n_padded + j * kc);
+    }
+  });
   at::parallel_for(0, (M + mc_max - 1) / mc_max, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a_pack(mc_max * kc_max), b_pack(nc_max * kc_max), acc(mc_max * nc_max);
+    std::vector<float> a_pack(mc_max * kc_max), acc(mc_max * nc_max);
     std::vector<int64_t> col_offset(nc_max);
     for (int64_t block = begin; block < end; ++block) {
       const int64_t ic = block * mc_max, mc = std::min(mc_max, M - ic);
@@ -121,11 +131,11 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
         for (int64_t pc = 0; pc < K; pc += KC) {
           const int64_t kc = std::min(KC, K - pc);
           pack_panels<MR>(A, ic, mc, pc, kc, a_pack.data());
-          pack_panels<NR>(B.t(), jc, nc, pc, kc, b_pack.data());
+          const float* b_block = b_pack.data() + pc * n_padded + jc * kc;
           for (int64_t jr = 0; jr < nc; jr += NR)
             for (int64_t ir = 0; ir < mc; ir += MR)
-              micro_kernel(kc, a_pack.data() + ir * kc, b_pack.data() + jr * kc, acc.data() + ir * nc_max + jr,
-                           nc_max, pc > 0);
+              micro_kernel(kc, a_pack.data() + ir * kc, b_block + jr * kc, acc.data() + ir * nc_max + jr, nc_max,
+                           pc > 0);
         }
         // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
         for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
@@ -162,6 +172,8 @@ Tensor as_tensor(const Matrix& m) {
 
 }  // namespace
 
+bool own_gemm(at::ScalarType t) { return use_avx2() && is_reduced_floating(t); }
+
 Matrix matrix(const Tensor& t) {
   TORCH_CHECK(t.dim() == 2, "manual_ops matrix: expected a 2-D tensor, but got size ", t.sizes());
   return {t, 0, Dim::plain(t.size(0), t.stride(0)), Dim::plain(t.size(1), t.stride(1))};
@@ -174,28 +186,32 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
   TORCH_CHECK(A.cols.size == B.rows.size && A.rows.size == C.rows.size && B.cols.size == C.cols.size,
               "manual_ops matmul: mismatched sizes (", A.rows.size, " x ", A.cols.size, ") @ (", B.rows.size, " x ",
               B.cols.size, ") into (", C.rows.size, " x ", C.cols.size, ")");
-  if (!use_avx2() || t == at::kDouble) {
+  if (!own_gemm(t)) {
     const Tensor a = as_tensor(A).reshape({A.rows.size, A.cols.size}).to(out_type);
     const Tensor b = as_tensor(B).reshape({B.rows.size, B.cols.size}).to(out_type);
-    Tensor product = at::mm(a, b);
-    if (bias.defined()) product.add_(bias.to(out_type));
+    const Tensor bias_c = bias.defined() ? bias.to(out_type) : bias;
     Tensor c = as_tensor(C);
-    const Tensor result = product.view(c.sizes());
-    accumulate ? c.add_(result) : c.copy_(result);
+    if (c.dim() != 2) {  // a split dimension: the product is made apart and then stored
+      const Tensor product = (bias_c.defined() ? at::addmm(bias_c, a, b) : at::mm(a, b)).view(c.sizes());
+      accumulate ? c.add_(product) : c.copy_(product);
+    } else if (accumulate) {
+      c.addmm_(a, b);
+      if (bias_c.defined()) c.add_(bias_c);
+    } else {
+      bias_c.defined() ? at::addmm_out(c, bias_c, a, b) : at::mm_out(c, a, b);
+    }
     return;
   }
   const Tensor bias_values = bias.defined() ? bias.contiguous() : bias;  // e.g. an expanded bias has stride 0
   const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
-  MANUAL_OPS_DISPATCH_FLOATING(t, "manual_ops_matmul", [&] {
-    if constexpr (!std::is_same_v<scalar_t, double>) {
-      const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};
-      const View<const scalar_t> b{B.t.const_data_ptr<scalar_t>() + B.offset, B.rows, B.cols};
-      if (out_type == at::kFloat) {
-        gemm<scalar_t, float>(a, b, {C.t.mutable_data_ptr<float>() + C.offset, C.rows, C.cols}, accumulate, bias_data);
-      } else {
-        gemm<scalar_t, scalar_t>(a, b, {C.t.mutable_data_ptr<scalar_t>() + C.offset, C.rows, C.cols}, accumulate,
-                                 bias_data);
-      }
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(t, "manual_ops_matmul", [&] {
+    const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};
+    const View<const scalar_t> b{B.t.const_data_ptr<scalar_t>() + B.offset, B.rows, B.cols};
+    if (out_type == at::kFloat) {
+      gemm<scalar_t, float>(a, b, {C.t.mutable_data_ptr<float>() + C.offset, C.rows, C.cols}, accumulate, bias_data);
+    } else {
+      gemm<scalar_t, scalar_t>(a, b, {C.t.mutable_data_ptr<scalar_t>() + C.offset, C.rows, C.cols}, accumulate,
+                               bias_data);
     }
   });
 }
