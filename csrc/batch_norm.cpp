@@ -80,10 +80,23 @@ at::ScalarType param_type(const Tensor& input, std::initializer_list<std::option
 // The dtype of the saved mean and invstd (see the top of the file).
 at::ScalarType stats_type(at::ScalarType ptype, bool training) { return training ? ptype : at::toOpMathType(ptype); }
 
-// A 1-D tensor of dtype `dtype` holding the values v.
+// Writes the C values v (any arithmetic type) into the 1-D floating tensor t, converting each to t's dtype.
+// Read and written element by element, so the per-channel tensors cost no ATen conversions.
+template <typename acc_t>
+void store_per_channel(const std::vector<acc_t>& v, const Tensor& t) {
+  MANUAL_OPS_DISPATCH_FLOATING(t.scalar_type(), "store_per_channel", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    const int64_t stride = t.stride(0);
+    for (size_t c = 0; c < v.size(); ++c) p[c * stride] = static_cast<scalar_t>(v[c]);
+  });
+}
+
+// A new 1-D tensor of dtype `dtype` holding the values v.
 template <typename acc_t>
 Tensor as_tensor(const std::vector<acc_t>& v, const Tensor& like, at::ScalarType dtype) {
-  return at::tensor(at::ArrayRef<acc_t>(v), like.options().dtype(c10::CppTypeToScalarType<acc_t>::value)).to(dtype);
+  Tensor t = at::empty({static_cast<int64_t>(v.size())}, like.options().dtype(dtype));
+  store_per_channel(v, t);
+  return t;
 }
 
 void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input,
@@ -103,9 +116,11 @@ template <typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
   std::vector<acc_t> v(C, missing);
   if (has(t)) {
-    const Tensor converted = t->to(c10::CppTypeToScalarType<acc_t>::value);
-    const auto a = converted.accessor<acc_t, 1>();
-    for (int64_t c = 0; c < C; ++c) v[c] = a[c];
+    MANUAL_OPS_DISPATCH_FLOATING(t->scalar_type(), "per_channel", [&] {
+      const scalar_t* p = t->const_data_ptr<scalar_t>();
+      const int64_t stride = t->stride(0);
+      for (int64_t c = 0; c < C; ++c) v[c] = static_cast<acc_t>(p[c * stride]);
+    });
   }
   return v;
 }
@@ -384,8 +399,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
         rm[c] = (1 - m) * rm[c] + m * mean[c];
         rv[c] = (1 - m) * rv[c] + m * var[c] * acc_t(M) / acc_t(M - 1);
       }
-      running_mean->copy_(as_tensor(rm, input, ptype));
-      running_var->copy_(as_tensor(rv, input, ptype));
+      store_per_channel(rm, *running_mean);
+      store_per_channel(rv, *running_var);
     }
   });
   if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);
