@@ -218,8 +218,7 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
-                       for (int64_t i = i0; i < i1; ++i) {
-                         const int64_t c = i % C;
+                       for (int64_t i = i0, c = i0 % C; i < i1; ++i, c = c + 1 == C ? 0 : c + 1) {
                          run(std::integral_constant<int64_t, 0>{}, i * L, L, coeff(a, c), coeff(b, c), coeff(m, c), coeff(k, c));
                        }
                      });
