@@ -125,8 +125,9 @@ void avg_pool_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry
         for (int64_t ow = 0; ow < g.OW; ++ow) quotient[ow] = opmath_t(grad[ow]) / (dh * div.w[ow]);
         for (int64_t ih = g.rows[oh].first; ih < g.rows[oh].end(); ++ih) {
           for (int64_t j = 0; j < g.kw; ++j) {
-            opmath_t* dst = plane + ih * g.W + j - g.pw;
-            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += quotient[ow];
+            opmath_t* __restrict dst = plane + ih * g.W + j - g.pw;
+            const opmath_t* __restrict q = quotient.data();
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += q[ow];
           }
         }
       }

@@ -2,7 +2,6 @@
 // Derivation: docs/derivations.md, "pooling".
 #include "pooling.h"
 
-#include <atomic>
 #include <limits>
 #include <tuple>
 
@@ -109,36 +108,29 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
 
 // Backward: dx[p, k] = sum over outputs o with ind[p, o] = k of dy[p, o]. Each output
 // routes its gradient to its argmax; overlapping windows accumulate. Index -1 (a window
-// wholly in the padding) routes nothing; one unsigned compare per output finds both -1 and
-// an out-of-range index (an error, raised after the loop). NCHW: one plane per task, so writes
-// never race.
+// wholly in the padding) routes nothing. NCHW: one plane per task, so writes never race.
 template <typename scalar_t>
 void max_unpool_add_nchw(const scalar_t* dy, const int64_t* ind, scalar_t* dx, int64_t planes, int64_t HW,
                          int64_t OHW) {
-  std::atomic<int64_t> bad{-1};
   at::parallel_for(0, planes, grain_for(HW + OHW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       scalar_t* gi = dx + p * HW;
       std::fill(gi, gi + HW, scalar_t(0));
       for (int64_t o = p * OHW; o < (p + 1) * OHW; ++o) {
         const int64_t k = ind[o];
-        if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
-          gi[k] += dy[o];
-        } else if (k != -1) {
-          bad = k;
-        }
+        if (k == -1) continue;
+        TORCH_CHECK(k >= 0 && k < HW, "max_pool2d_backward: index ", k, " is out of range for an input plane of ",
+                    HW, " elements");
+        gi[k] += dy[o];
       }
     }
   });
-  TORCH_CHECK(bad < 0, "max_pool2d_backward: index ", bad.load(), " is out of range for an input plane of ", HW,
-              " elements");
 }
 
 // The same routing in NHWC, dx[n, k, c] += dy[n, o, c]; one image per task.
 template <typename scalar_t>
 void max_unpool_add_nhwc(const scalar_t* dy, const int64_t* ind, scalar_t* dx, int64_t N, int64_t HW, int64_t OHW,
                          int64_t C) {
-  std::atomic<int64_t> bad{-1};
   at::parallel_for(0, N, grain_for((HW + OHW) * C), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       scalar_t* gi = dx + n * HW * C;
@@ -146,17 +138,14 @@ void max_unpool_add_nhwc(const scalar_t* dy, const int64_t* ind, scalar_t* dx, i
       for (int64_t o = n * OHW * C; o < (n + 1) * OHW * C; o += C) {
         for (int64_t c = 0; c < C; ++c) {
           const int64_t k = ind[o + c];
-          if (static_cast<uint64_t>(k) < static_cast<uint64_t>(HW)) {
-            gi[k * C + c] += dy[o + c];
-          } else if (k != -1) {
-            bad = k;
-          }
+          if (k == -1) continue;
+          TORCH_CHECK(k >= 0 && k < HW, "max_pool2d_backward: index ", k, " is out of range for an input plane of ",
+                      HW, " elements");
+          gi[k * C + c] += dy[o + c];
         }
       }
     }
   });
-  TORCH_CHECK(bad < 0, "max_pool2d_backward: index ", bad.load(), " is out of range for an input plane of ", HW,
-              " elements");
 }
 
 Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const Tensor& indices) {
