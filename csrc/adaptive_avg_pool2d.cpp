@@ -7,24 +7,6 @@
 namespace manual_ops {
 namespace {
 
-// Output o of O over an input of I covers [floor(o*I/O), ceil((o+1)*I/O)).
-struct Window {
-  int64_t begin, end;
-  int64_t size() const { return end - begin; }
-};
-
-// The windows of all O outputs, computed once per call (the divisions are not cheap).
-std::vector<Window> adaptive_windows(int64_t I, int64_t O) {
-  std::vector<Window> windows(O);
-  for (int64_t o = 0; o < O; ++o) windows[o] = {o * I / O, ((o + 1) * I + O - 1) / O};
-  return windows;
-}
-
-struct AdaptiveGeometry {
-  int64_t N, C, H, W, OH, OW;
-  bool batched;
-};
-
 // Sum of a contiguous run in the accumulation type, with eight independent partial sums
 // so that the adds pipeline (and vectorise) instead of forming one dependent chain.
 template <typename scalar_t, typename acc_t = at::acc_type<scalar_t, false>>
@@ -43,52 +25,49 @@ acc_t run_sum(const scalar_t* p, int64_t n) {
 // with R, S the adaptive windows; accumulated in acc_type (double for float), as a window
 // can be the whole plane. A window spanning full rows is one contiguous run.
 template <typename scalar_t>
-void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g) {
-  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
+void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
   at::parallel_for(0, g.N * g.C, grain_for(g.H * g.W + g.OH * g.OW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* in = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = row_windows[oh];
+        const Window rows = g.rows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = col_windows[ow];
+          const Window cols = g.cols[ow];
           at::acc_type<scalar_t, false> sum = 0;
-          if (cols.size() == g.W) {
-            sum = run_sum(in + rows.begin * g.W, rows.size() * g.W);
+          if (cols.count == g.W) {
+            sum = run_sum(in + rows.first * g.W, rows.count * g.W);
           } else {
-            for (int64_t ih = rows.begin; ih < rows.end; ++ih) sum += run_sum(in + ih * g.W + cols.begin, cols.size());
+            for (int64_t ih = rows.first; ih < rows.end(); ++ih) sum += run_sum(in + ih * g.W + cols.first, cols.count);
           }
-          y[(p * g.OH + oh) * g.OW + ow] = static_cast<scalar_t>(sum / (rows.size() * cols.size()));
+          y[(p * g.OH + oh) * g.OW + ow] = static_cast<scalar_t>(sum / (rows.count * cols.count));
         }
       }
     }
   });
 }
 
-// Forward, NHWC: the same averages, vectorised along C into a per-thread acc_type row
-// (scratch allocated once per call); parallel over (n, oh) rows.
+// Forward, NHWC: the same averages, vectorised along C into an acc_type row allocated per
+// chunk; parallel over (n, oh) rows.
 template <typename scalar_t>
-void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const AdaptiveGeometry& g) {
-  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
+void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
   using acc_t = at::acc_type<scalar_t, false>;
   const int64_t C = g.C;
-  std::vector<acc_t> scratch(at::get_num_threads() * C);
   const int64_t row_work = (g.H / std::max<int64_t>(1, g.OH) + 1) * g.W * C;
   at::parallel_for(0, g.N * g.OH, grain_for(row_work), [&](int64_t r0, int64_t r1) {
-    acc_t* acc = scratch.data() + at::get_thread_num() * C;
+    std::vector<acc_t> acc(C);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
-      const Window rows = row_windows[oh];
+      const Window rows = g.rows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        const Window cols = col_windows[ow];
-        std::fill(acc, acc + C, acc_t(0));
-        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-          for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+        const Window cols = g.cols[ow];
+        std::fill(acc.begin(), acc.end(), acc_t(0));
+        for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
+          for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
             const scalar_t* src = x + ((n * g.H + ih) * g.W + iw) * C;
             for (int64_t c = 0; c < C; ++c) acc[c] += src[c];
           }
         }
-        const acc_t area = static_cast<acc_t>(rows.size() * cols.size());
+        const acc_t area = static_cast<acc_t>(rows.count * cols.count);
         scalar_t* out = y + (r * g.OW + ow) * C;
         for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(acc[c] / area);
       }
@@ -111,25 +90,24 @@ inline void spread(scalar_t* dst, int64_t n, scalar_t v, bool assign) {
 // plane and each element is written once; otherwise they overlap, and the plane is zeroed
 // and accumulated. One plane per task, so no write races.
 template <typename scalar_t>
-void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const AdaptiveGeometry& g) {
-  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
+void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g) {
   const bool tiles = g.OH > 0 && g.OW > 0 && g.H % g.OH == 0 && g.W % g.OW == 0;
   at::parallel_for(0, g.N * g.C, grain_for(2 * g.H * g.W + g.OH * g.OW), [&](int64_t p0, int64_t p1) {
     for (int64_t p = p0; p < p1; ++p) {
       scalar_t* gi = dx + p * g.H * g.W;
       if (!tiles) std::fill(gi, gi + g.H * g.W, scalar_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = row_windows[oh];
+        const Window rows = g.rows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = col_windows[ow];
+          const Window cols = g.cols[ow];
           using opmath_t = at::opmath_type<scalar_t>;
           const scalar_t grad = static_cast<scalar_t>(opmath_t(dy[(p * g.OH + oh) * g.OW + ow]) /
-                                                      static_cast<opmath_t>(rows.size() * cols.size()));
-          if (cols.size() == g.W) {
-            spread(gi + rows.begin * g.W, rows.size() * g.W, grad, tiles);
+                                                      static_cast<opmath_t>(rows.count * cols.count));
+          if (cols.count == g.W) {
+            spread(gi + rows.first * g.W, rows.count * g.W, grad, tiles);
           } else {
-            for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-              spread(gi + ih * g.W + cols.begin, cols.size(), grad, tiles);
+            for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
+              spread(gi + ih * g.W + cols.first, cols.count, grad, tiles);
             }
           }
         }
@@ -140,20 +118,19 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const Adaptive
 
 // Backward, NHWC: the same spreading, vectorised along C; one image per task.
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const AdaptiveGeometry& g) {
-  const std::vector<Window> row_windows = adaptive_windows(g.H, g.OH), col_windows = adaptive_windows(g.W, g.OW);
+void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g) {
   const int64_t C = g.C;
   at::parallel_for(0, g.N, grain_for((2 * g.H * g.W + g.OH * g.OW) * C), [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = row_windows[oh];
+        const Window rows = g.rows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
-          const Window cols = col_windows[ow];
-          const opmath_t area = static_cast<opmath_t>(rows.size() * cols.size());
+          const Window cols = g.cols[ow];
+          const opmath_t area = static_cast<opmath_t>(rows.count * cols.count);
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
-          for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-            for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+          for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
+            for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
               scalar_t* dst = dx + ((n * g.H + ih) * g.W + iw) * C;
               for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<scalar_t>(opmath_t(grad[c]) / area);
             }
@@ -164,8 +141,8 @@ void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const Adaptive
   });
 }
 
-// torch's checks, order and messages for adaptive_avg_pool2d.
-AdaptiveGeometry adaptive_geometry(const char* op, const Tensor& input, IntArrayRef output_size) {
+// torch's checks, order and messages for adaptive_avg_pool2d, and the geometry.
+PoolGeometry adaptive_geometry(const char* op, const Tensor& input, IntArrayRef output_size) {
   TORCH_CHECK(output_size.size() == 2, "adaptive_avg_pool2d: output_size must be 2");
   TORCH_CHECK(output_size[0] >= 0 && output_size[1] >= 0,
               "adaptive_avg_pool2d: elements of output_size must be greater than or equal to 0 but received {",
@@ -177,24 +154,22 @@ AdaptiveGeometry adaptive_geometry(const char* op, const Tensor& input, IntArray
                 "dimensions, but input has sizes ", input.sizes(), " with dimension ", d, " being empty");
   }
   check_floating(op, "input", input);
-  return {ndim == 4 ? input.size(0) : 1, input.size(-3), input.size(-2), input.size(-1),
-          output_size[0], output_size[1], ndim == 4};
-}
-
-std::vector<int64_t> output_sizes(const AdaptiveGeometry& g) {
-  return g.batched ? std::vector<int64_t>{g.N, g.C, g.OH, g.OW} : std::vector<int64_t>{g.C, g.OH, g.OW};
+  PoolGeometry g;
+  g.batched = ndim == 4;
+  g.N = g.batched ? input.size(0) : 1;
+  g.C = input.size(-3), g.H = input.size(-2), g.W = input.size(-1), g.OH = output_size[0], g.OW = output_size[1];
+  g.rows = adaptive_windows(g.H, g.OH);
+  g.cols = adaptive_windows(g.W, g.OW);
+  return g;
 }
 
 Tensor adaptive_avg_pool2d_forward(const Tensor& input, IntArrayRef output_size) {
-  const AdaptiveGeometry g = adaptive_geometry("adaptive_avg_pool2d", input, output_size);
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor x = input.contiguous(fmt);
-  Tensor out = at::empty(output_sizes(g), input.options().memory_format(fmt));
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_forward", [&] {
-    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? adaptive_avg_nhwc<scalar_t> : adaptive_avg_nchw<scalar_t>;
-    kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g);
-  });
-  return out;
+  const PoolGeometry g = adaptive_geometry("adaptive_avg_pool2d", input, output_size);
+  return run_pooling(input, input, g.output_sizes(),
+                     [&](bool nhwc, const auto* x, auto* y) {
+                       using scalar_t = std::remove_pointer_t<decltype(y)>;
+                       (nhwc ? adaptive_avg_nhwc<scalar_t> : adaptive_avg_nchw<scalar_t>)(x, y, g);
+                     });
 }
 
 Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& input) {
@@ -202,17 +177,12 @@ Tensor adaptive_avg_pool2d_backward(const Tensor& grad_output, const Tensor& inp
   TORCH_CHECK((input.dim() == 3 || input.dim() == 4) && grad_output.dim() == input.dim(), op,
               ": expected a 3-D or 4-D input and a grad_output of as many dimensions, but got input of size ",
               input.sizes(), " and grad_output of size ", grad_output.sizes());
-  const AdaptiveGeometry g = adaptive_geometry(op, input, grad_output.sizes().slice(input.dim() - 2));
-  check_grad_output(op, grad_output, input, output_sizes(g));
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor dy = grad_output.contiguous(fmt);
-  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "adaptive_avg_pool2d_backward", [&] {
-    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? adaptive_avg_backward_nhwc<scalar_t>
-                                                        : adaptive_avg_backward_nchw<scalar_t>;
-    kernel(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), g);
+  const PoolGeometry g = adaptive_geometry(op, input, grad_output.sizes().slice(input.dim() - 2));
+  check_grad_output(op, grad_output, input, g.output_sizes());
+  return run_pooling(input, grad_output, input.sizes(), [&](bool nhwc, const auto* dy, auto* dx) {
+    using scalar_t = std::remove_pointer_t<decltype(dx)>;
+    (nhwc ? adaptive_avg_backward_nhwc<scalar_t> : adaptive_avg_backward_nchw<scalar_t>)(dy, dx, g);
   });
-  return grad_input;
 }
 
 }  // namespace

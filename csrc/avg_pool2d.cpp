@@ -1,8 +1,8 @@
 // 2-D average pooling and its hand-written backward.
 // Derivation: docs/derivations.md, "pooling".
 //
-// Sums and divisions are in opmath_t (float32 for bfloat16 and float16), in per-thread
-// scratch rows (forward) or planes (backward), rounded once into the output.
+// Sums and divisions are in opmath_t (float32 for bfloat16 and float16), in rows (forward) or
+// planes (backward) of scratch allocated per chunk of work, rounded once into the output.
 #include "pooling.h"
 
 #include <optional>
@@ -11,44 +11,34 @@
 namespace manual_ops {
 namespace {
 
-// The window of output o along one dimension, [start, end) clipped to the input [0, I).
-struct Window {
-  int64_t begin, end;
-};
-
-Window avg_window(int64_t o, int64_t s, int64_t p, int64_t k, int64_t I) {
-  const int64_t start = o * s - p;
-  return {std::max<int64_t>(start, 0), std::min(start + k, I)};
-}
-
 // The divisor of output (oh, ow) factors as h[oh] * w[ow]:
 //   divisor_override            -> d (put in h, with w = 1);
-//   count_include_pad           -> (min(start + k, I + p) - start) per dimension: the window
-//                                  including padding, but never the overhang ceil_mode adds;
-//   otherwise                   -> the number of in-bounds elements per dimension.
-template <typename scalar_t>
+//   count_include_pad           -> (min(start + k, I + p) - start) per dimension, start = o*s - p:
+//                                  the window including padding, but never the overhang ceil_mode adds;
+//   otherwise                   -> the number of in-bounds elements per dimension (the window's count).
+template <typename opmath_t>
 struct Divisors {
-  std::vector<scalar_t> h, w;
+  std::vector<opmath_t> h, w;
 };
 
-template <typename scalar_t>
-std::vector<scalar_t> divisors_1d(int64_t O, int64_t s, int64_t p, int64_t k, int64_t I, bool count_include_pad) {
-  std::vector<scalar_t> div(O);
-  for (int64_t o = 0; o < O; ++o) {
-    const int64_t start = o * s - p;
-    const Window win = avg_window(o, s, p, k, I);
-    div[o] = static_cast<scalar_t>(count_include_pad ? std::min(start + k, I + p) - start : win.end - win.begin);
+template <typename opmath_t>
+std::vector<opmath_t> divisors_1d(const std::vector<Window>& windows, int64_t s, int64_t p, int64_t k, int64_t I,
+                                  bool count_include_pad) {
+  std::vector<opmath_t> div(windows.size());
+  for (size_t o = 0; o < windows.size(); ++o) {
+    const int64_t start = static_cast<int64_t>(o) * s - p;
+    div[o] = static_cast<opmath_t>(count_include_pad ? std::min(start + k, I + p) - start : windows[o].count);
   }
   return div;
 }
 
-template <typename scalar_t>
-Divisors<scalar_t> divisors(const PoolGeometry& g, bool count_include_pad, std::optional<int64_t> divisor_override) {
+template <typename opmath_t>
+Divisors<opmath_t> divisors(const PoolGeometry& g, bool count_include_pad, std::optional<int64_t> divisor_override) {
   if (divisor_override) {
-    return {std::vector<scalar_t>(g.OH, static_cast<scalar_t>(*divisor_override)), std::vector<scalar_t>(g.OW, 1)};
+    return {std::vector<opmath_t>(g.OH, static_cast<opmath_t>(*divisor_override)), std::vector<opmath_t>(g.OW, 1)};
   }
-  return {divisors_1d<scalar_t>(g.OH, g.sh, g.ph, g.kh, g.H, count_include_pad),
-          divisors_1d<scalar_t>(g.OW, g.sw, g.pw, g.kw, g.W, count_include_pad)};
+  return {divisors_1d<opmath_t>(g.rows, g.sh, g.ph, g.kh, g.H, count_include_pad),
+          divisors_1d<opmath_t>(g.cols, g.sw, g.pw, g.kw, g.W, count_include_pad)};
 }
 
 std::vector<TapRange> column_taps(const PoolGeometry& g) {
@@ -57,15 +47,6 @@ std::vector<TapRange> column_taps(const PoolGeometry& g) {
   return cols;
 }
 
-// Per-thread opmath_t scratch of `width` values each, allocated once per call.
-template <typename opmath_t>
-struct ThreadScratch {
-  int64_t width;
-  std::vector<opmath_t> data;
-  explicit ThreadScratch(int64_t w) : width(w), data(at::get_num_threads() * w) {}
-  opmath_t* get() { return data.data() + at::get_thread_num() * width; }
-};
-
 // Rounds n opmath_t values into scalar_t.
 template <typename scalar_t, typename opmath_t>
 inline void round_into(const opmath_t* src, int64_t n, scalar_t* dst) {
@@ -73,20 +54,18 @@ inline void round_into(const opmath_t* src, int64_t n, scalar_t* dst) {
 }
 
 // Forward, NCHW: y[p, oh, ow] = (1 / div[oh, ow]) * sum over in-bounds (ih, iw) of the
-// window x[p, ih, iw]. Per output row, each tap sweeps the outputs it is valid for, so the
-// inner loop runs along W; the sum is accumulated in an opmath_t row (a window of kh*kw
-// terms, in torch's order: ih, then iw).
+// window x[p, ih, iw]. Per output row, each column tap j sweeps the outputs it is valid for
+// (tap_range), so the inner loop runs along W without bounds tests; the sum is accumulated in
+// an opmath_t row (a window of kh*kw terms, in torch's order: ih, then iw).
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   const std::vector<TapRange> cols = column_taps(g);
-  ThreadScratch<opmath_t> scratch(g.OW);
   at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
-    opmath_t* acc = scratch.get();
+    std::vector<opmath_t> acc(g.OW);
     for (int64_t p = p0; p < p1; ++p) {
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        std::fill(acc, acc + g.OW, opmath_t(0));
-        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
-        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
+        for (int64_t ih = g.rows[oh].first; ih < g.rows[oh].end(); ++ih) {
           for (int64_t j = 0; j < g.kw; ++j) {
             const scalar_t* src = x + (p * g.H + ih) * g.W + j - g.pw;
             for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) acc[ow] += opmath_t(src[ow * g.sw]);
@@ -94,7 +73,7 @@ void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const 
         }
         const opmath_t dh = div.h[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) acc[ow] /= dh * div.w[ow];
-        round_into(acc, g.OW, y + (p * g.OH + oh) * g.OW);
+        round_into(acc.data(), g.OW, y + (p * g.OH + oh) * g.OW);
       }
     }
   });
@@ -104,24 +83,23 @@ void avg_pool_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const 
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   const int64_t C = g.C;
-  ThreadScratch<opmath_t> scratch(C);
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
-    opmath_t* acc = scratch.get();
+    std::vector<opmath_t> acc(C);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
-      const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+      const Window rows = g.rows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
-        std::fill(acc, acc + C, opmath_t(0));
-        const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
-        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-          for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+        const Window cols = g.cols[ow];
+        std::fill(acc.begin(), acc.end(), opmath_t(0));
+        for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
+          for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
             const scalar_t* src = x + ((n * g.H + ih) * g.W + iw) * C;
             for (int64_t c = 0; c < C; ++c) acc[c] += opmath_t(src[c]);
           }
         }
         const opmath_t d = div.h[oh] * div.w[ow];
         for (int64_t c = 0; c < C; ++c) acc[c] /= d;
-        round_into(acc, C, y + (r * g.OW + ow) * C);
+        round_into(acc.data(), C, y + (r * g.OW + ow) * C);
       }
     }
   });
@@ -129,25 +107,27 @@ void avg_pool_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g, const 
 
 // Backward, NCHW: dx[p, ih, iw] = sum over windows (oh, ow) containing (ih, iw) of
 // dy[p, oh, ow] / div[oh, ow]: each output spreads its gradient evenly over its window
-// (for a 2x2, stride-2 pool: the 1/4 upsampling). One plane per task, so no write races;
-// the plane is accumulated in opmath_t (in dx itself when that is scalar_t).
+// (for a 2x2, stride-2 pool: the 1/4 upsampling). Per output row the quotients are formed once,
+// then each tap sweeps them. One plane per task, so no write races; the plane is accumulated in
+// opmath_t (in dx itself when that is scalar_t, else in a plane allocated per chunk).
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_pool_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
   const std::vector<TapRange> cols = column_taps(g);
-  ThreadScratch<opmath_t> scratch(in_place ? 0 : g.H * g.W);
   at::parallel_for(0, g.planes(), grain_for(g.H * g.W + g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
+    std::vector<opmath_t> scratch(in_place ? 0 : g.H * g.W), quotient(g.OW);
     for (int64_t p = p0; p < p1; ++p) {
-      opmath_t* plane = in_place ? reinterpret_cast<opmath_t*>(dx + p * g.H * g.W) : scratch.get();
+      opmath_t* plane = in_place ? reinterpret_cast<opmath_t*>(dx + p * g.H * g.W) : scratch.data();
       std::fill(plane, plane + g.H * g.W, opmath_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         const scalar_t* grad = dy + (p * g.OH + oh) * g.OW;
         const opmath_t dh = div.h[oh];
-        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
-        for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
+        for (int64_t ow = 0; ow < g.OW; ++ow) quotient[ow] = opmath_t(grad[ow]) / (dh * div.w[ow]);
+        for (int64_t ih = g.rows[oh].first; ih < g.rows[oh].end(); ++ih) {
           for (int64_t j = 0; j < g.kw; ++j) {
-            opmath_t* dst = plane + ih * g.W + j - g.pw;
-            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += opmath_t(grad[ow]) / (dh * div.w[ow]);
+            opmath_t* __restrict dst = plane + ih * g.W + j - g.pw;
+            const opmath_t* __restrict q = quotient.data();
+            for (int64_t ow = cols[j].lo; ow < cols[j].hi; ++ow) dst[ow * g.sw] += q[ow];
           }
         }
       }
@@ -161,21 +141,22 @@ template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void avg_pool_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g, const Divisors<opmath_t>& div) {
   constexpr bool in_place = std::is_same_v<scalar_t, opmath_t>;
   const int64_t C = g.C, image = g.H * g.W * C;
-  ThreadScratch<opmath_t> scratch(in_place ? 0 : image);
   at::parallel_for(0, g.N, grain_for((g.H * g.W + g.OH * g.OW * g.kh * g.kw) * C), [&](int64_t n0, int64_t n1) {
+    std::vector<opmath_t> scratch(in_place ? 0 : image), quotient(C);
     for (int64_t n = n0; n < n1; ++n) {
-      opmath_t* acc = in_place ? reinterpret_cast<opmath_t*>(dx + n * image) : scratch.get();
+      opmath_t* acc = in_place ? reinterpret_cast<opmath_t*>(dx + n * image) : scratch.data();
       std::fill(acc, acc + image, opmath_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        const Window rows = avg_window(oh, g.sh, g.ph, g.kh, g.H);
+        const Window rows = g.rows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
           const opmath_t d = div.h[oh] * div.w[ow];
-          const Window cols = avg_window(ow, g.sw, g.pw, g.kw, g.W);
-          for (int64_t ih = rows.begin; ih < rows.end; ++ih) {
-            for (int64_t iw = cols.begin; iw < cols.end; ++iw) {
+          for (int64_t c = 0; c < C; ++c) quotient[c] = opmath_t(grad[c]) / d;
+          const Window cols = g.cols[ow];
+          for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
+            for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
               opmath_t* dst = acc + (ih * g.W + iw) * C;
-              for (int64_t c = 0; c < C; ++c) dst[c] += opmath_t(grad[c]) / d;
+              for (int64_t c = 0; c < C; ++c) dst[c] += quotient[c];
             }
           }
         }
@@ -194,15 +175,11 @@ PoolGeometry avg_geometry(const char* op, const Tensor& input, IntArrayRef kerne
 Tensor avg_pool2d_forward(const Tensor& input, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                           bool ceil_mode, bool count_include_pad, std::optional<int64_t> divisor_override) {
   const PoolGeometry g = avg_geometry("avg_pool2d", input, kernel_size, stride, padding, ceil_mode, divisor_override);
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor x = input.contiguous(fmt);
-  Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_forward", [&] {
+  return run_pooling(input, input, g.output_sizes(), [&](bool nhwc, const auto* x, auto* y) {
+    using scalar_t = std::remove_pointer_t<decltype(y)>;
     const auto div = divisors<at::opmath_type<scalar_t>>(g, count_include_pad, divisor_override);
-    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_nhwc<scalar_t> : avg_pool_nchw<scalar_t>;
-    kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), g, div);
+    (nhwc ? avg_pool_nhwc<scalar_t> : avg_pool_nchw<scalar_t>)(x, y, g, div);
   });
-  return out;
 }
 
 Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntArrayRef kernel_size,
@@ -211,16 +188,11 @@ Tensor avg_pool2d_backward(const Tensor& grad_output, const Tensor& input, IntAr
   const char* op = "avg_pool2d_backward";
   const PoolGeometry g = avg_geometry(op, input, kernel_size, stride, padding, ceil_mode, divisor_override);
   check_grad_output(op, grad_output, input, g.output_sizes());
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor dy = grad_output.contiguous(fmt);
-  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "avg_pool2d_backward", [&] {
+  return run_pooling(input, grad_output, input.sizes(), [&](bool nhwc, const auto* dy, auto* dx) {
+    using scalar_t = std::remove_pointer_t<decltype(dx)>;
     const auto div = divisors<at::opmath_type<scalar_t>>(g, count_include_pad, divisor_override);
-    auto kernel = fmt == at::MemoryFormat::ChannelsLast ? avg_pool_backward_nhwc<scalar_t>
-                                                        : avg_pool_backward_nchw<scalar_t>;
-    kernel(dy.const_data_ptr<scalar_t>(), grad_input.mutable_data_ptr<scalar_t>(), g, div);
+    (nhwc ? avg_pool_backward_nhwc<scalar_t> : avg_pool_backward_nchw<scalar_t>)(dy, dx, g, div);
   });
-  return grad_input;
 }
 
 }  // namespace

@@ -80,10 +80,23 @@ at::ScalarType param_type(const Tensor& input, std::initializer_list<std::option
 // The dtype of the saved mean and invstd (see the top of the file).
 at::ScalarType stats_type(at::ScalarType ptype, bool training) { return training ? ptype : at::toOpMathType(ptype); }
 
-// A 1-D tensor of dtype `dtype` holding the values v.
+// Writes the C values v (any arithmetic type) into the 1-D floating tensor t, converting each to t's dtype.
+// Read and written element by element, so the per-channel tensors cost no ATen conversions.
+template <typename acc_t>
+void store_per_channel(const std::vector<acc_t>& v, const Tensor& t) {
+  MANUAL_OPS_DISPATCH_FLOATING(t.scalar_type(), "store_per_channel", [&] {
+    scalar_t* p = t.mutable_data_ptr<scalar_t>();
+    const int64_t stride = t.stride(0);
+    for (size_t c = 0; c < v.size(); ++c) p[c * stride] = static_cast<scalar_t>(v[c]);
+  });
+}
+
+// A new 1-D tensor of dtype `dtype` holding the values v.
 template <typename acc_t>
 Tensor as_tensor(const std::vector<acc_t>& v, const Tensor& like, at::ScalarType dtype) {
-  return at::tensor(at::ArrayRef<acc_t>(v), like.options().dtype(c10::CppTypeToScalarType<acc_t>::value)).to(dtype);
+  Tensor t = at::empty({static_cast<int64_t>(v.size())}, like.options().dtype(dtype));
+  store_per_channel(v, t);
+  return t;
 }
 
 void check_per_channel(const char* op, const char* name, const std::optional<Tensor>& t, const Tensor& input,
@@ -103,9 +116,11 @@ template <typename acc_t>
 std::vector<acc_t> per_channel(const std::optional<Tensor>& t, int64_t C, acc_t missing) {
   std::vector<acc_t> v(C, missing);
   if (has(t)) {
-    const Tensor converted = t->to(c10::CppTypeToScalarType<acc_t>::value);
-    const auto a = converted.accessor<acc_t, 1>();
-    for (int64_t c = 0; c < C; ++c) v[c] = a[c];
+    MANUAL_OPS_DISPATCH_FLOATING(t->scalar_type(), "per_channel", [&] {
+      const scalar_t* p = t->const_data_ptr<scalar_t>();
+      const int64_t stride = t->stride(0);
+      for (int64_t c = 0; c < C; ++c) v[c] = static_cast<acc_t>(p[c * stride]);
+    });
   }
   return v;
 }
@@ -118,14 +133,14 @@ inline scalar_t lane_total(scalar_t* a) {
   return a[0];
 }
 
-// Row reductions s1 += sum_l t1(l), s2 += sum_l t2(l) over one contiguous row of L values:
-// opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
-// kChunk values, each chunk's total added to the acc_t sums. terms(l, a1, a2) adds t1(l) to
-// a1 and t2(l) to a2.
+// Run reduction s1 += sum_i t1(i), s2 += sum_i t2(i) over the elements i in [begin, end) of one
+// channel: opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
+// kChunk values, each chunk's total added to the acc_t sums. terms(i, a1, a2) adds t1(i) to a1
+// and t2(i) to a2.
 template <typename opmath_t, typename acc_t, typename Terms>
-inline void add_row_sums(int64_t L, Terms terms, acc_t& s1, acc_t& s2) {
-  for (int64_t l0 = 0; l0 < L; l0 += kChunk) {
-    const int64_t l1 = std::min(L, l0 + kChunk);
+inline void add_run_sums(int64_t begin, int64_t end, Terms terms, acc_t& s1, acc_t& s2) {
+  for (int64_t l0 = begin; l0 < end; l0 += kChunk) {
+    const int64_t l1 = std::min(end, l0 + kChunk);
     opmath_t a1[kLanes] = {}, a2[kLanes] = {};
     int64_t l = l0;
     for (; l + kLanes <= l1; l += kLanes)
@@ -135,42 +150,69 @@ inline void add_row_sums(int64_t L, Terms terms, acc_t& s1, acc_t& s2) {
   }
 }
 
-// s1 += sum_l (x[l] - K), s2 += sum_l (x[l] - K)^2: shifted moments of one row.
-template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
-inline void add_moments_row(const scalar_t* __restrict x, int64_t L, opmath_t K, acc_t& s1, acc_t& s2) {
-  add_row_sums<opmath_t>(L, [&](int64_t i, opmath_t& a1, opmath_t& a2) {
-    const opmath_t d = opmath_t(x[i]) - K;
-    a1 += d, a2 += d * d;
-  }, s1, s2);
-}
-
-// s1 += sum_l dy[l], s2 += sum_l dy[l] * (x[l] - mu): the backward's sums over one row.
-template <typename scalar_t, typename acc_t, typename opmath_t = at::opmath_type<scalar_t>>
-inline void add_grad_row(const scalar_t* __restrict dy, const scalar_t* __restrict x, int64_t L, opmath_t mu,
-                         acc_t& s1, acc_t& s2) {
-  add_row_sums<opmath_t>(L, [&](int64_t i, opmath_t& a1, opmath_t& a2) {
-    const opmath_t g = dy[i];
-    a1 += g, a2 += g * (opmath_t(x[i]) - mu);
-  }, s1, s2);
-}
-
-// Per-channel sums S1[c], S2[c] over all M values of channel c, reading memory in order:
-// parallel over rows (NCL: N*C rows of L values, row i in channel i % C; NLC: N*L rows of
-// C values), each thread adding into its own C accumulators, which are then summed.
-// add_row(i, s1, s2) adds row i into the thread's accumulators s1[C], s2[C].
-template <typename acc_t, typename AddRow>
-void channel_sums(const Geometry& g, AddRow add_row, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
-  const int64_t C = g.C, rows = g.nlc ? g.M() : g.N * C, row_len = g.nlc ? C : g.L;
-  const int64_t T = at::get_num_threads();
-  std::vector<acc_t> T1(T * C, 0), T2(T * C, 0);
-  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, row_len)),
-                   [&](int64_t r0, int64_t r1) {
-                     const int64_t t = at::get_thread_num();
-                     for (int64_t r = r0; r < r1; ++r) add_row(r, T1.data() + t * C, T2.data() + t * C);
-                   });
+// Per-channel sums S1[c] = sum t1, S2[c] = sum t2 over the M values of each channel, where
+// terms(i, c, a1, a2) adds the terms of element i (flat offset; channel c) to a1 and a2. Memory is
+// read in order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C
+// values) split into at most kBlocks blocks of whole rows, each with its own acc_t sums of all C
+// channels; those are added in block order, so the result does not depend on the thread count.
+// Within a block, values are summed in opmath_t partial sums (allocated per block) flushed to the
+// acc_t sums every kChunk values per channel: a long NCL row by add_run_sums; short NCL rows
+// (L < kChunk) into kLanes lanes per channel, so that a row costs no horizontal reduction (the
+// lanes are reduced once per flush); NLC rows into one partial sum per channel.
+template <typename opmath_t, typename acc_t, typename Terms>
+void channel_sums(const Geometry& g, Terms terms, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  constexpr int64_t kBlocks = 16;
+  const int64_t C = g.C, L = g.L, rows = g.nlc ? g.M() : g.N * C;
+  const int64_t blocks = std::min(rows, kBlocks), per_block = blocks == 0 ? 0 : (rows + blocks - 1) / blocks;
+  const bool short_rows = !g.nlc && L < kChunk;
+  // Rows per flush: kChunk values of each channel (short NCL rows), or kChunk rows (NLC).
+  const int64_t flush_rows = g.nlc ? kChunk : short_rows ? std::max<int64_t>(1, kChunk / std::max<int64_t>(1, L)) * C : 1;
+  const int64_t width = short_rows ? kLanes : 1;  // partial sums per channel
+  std::vector<acc_t> P1(blocks * C, 0), P2(blocks * C, 0);
+  at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
+    std::vector<opmath_t> a1(g.nlc || short_rows ? C * width : 0), a2(a1.size());
+    for (int64_t b = b0; b < b1; ++b) {
+      acc_t *s1 = P1.data() + b * C, *s2 = P2.data() + b * C;
+      auto flush = [&] {
+        for (int64_t c = 0; c < C; ++c) {
+          s1[c] += width == 1 ? a1[c] : lane_total(a1.data() + c * kLanes);
+          s2[c] += width == 1 ? a2[c] : lane_total(a2.data() + c * kLanes);
+        }
+        std::fill(a1.begin(), a1.end(), opmath_t(0)), std::fill(a2.begin(), a2.end(), opmath_t(0));
+      };
+      const int64_t r0 = b * per_block, r1 = std::min(rows, r0 + per_block);
+      if (g.nlc) {
+        for (int64_t q = r0; q < r1; q += flush_rows) {
+          for (int64_t r = q; r < std::min(r1, q + flush_rows); ++r)
+            for (int64_t c = 0; c < C; ++c) terms(r * C + c, c, a1[c], a2[c]);
+          flush();
+        }
+        continue;
+      }
+      if (!short_rows) {
+        for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
+          add_run_sums<opmath_t>(r * L, (r + 1) * L,
+                                 [&](int64_t i, opmath_t& t1, opmath_t& t2) { terms(i, c, t1, t2); }, s1[c], s2[c]);
+        }
+        continue;
+      }
+      for (int64_t q = r0, c = r0 % C; q < r1; q += flush_rows) {
+        for (int64_t r = q; r < std::min(r1, q + flush_rows); ++r, c = c + 1 == C ? 0 : c + 1) {
+          opmath_t l1[kLanes], l2[kLanes];  // local copies: stores to them cannot alias the input
+          std::copy_n(a1.data() + c * kLanes, kLanes, l1), std::copy_n(a2.data() + c * kLanes, kLanes, l2);
+          int64_t i = r * L;
+          for (; i + kLanes <= (r + 1) * L; i += kLanes)
+            for (int j = 0; j < kLanes; ++j) terms(i + j, c, l1[j], l2[j]);
+          for (int j = 0; i < (r + 1) * L; ++i, ++j) terms(i, c, l1[j], l2[j]);
+          std::copy_n(l1, kLanes, a1.data() + c * kLanes), std::copy_n(l2, kLanes, a2.data() + c * kLanes);
+        }
+        flush();
+      }
+    }
+  });
   S1.assign(C, 0), S2.assign(C, 0);
-  for (int64_t t = 0; t < T; ++t)
-    for (int64_t c = 0; c < C; ++c) S1[c] += T1[t * C + c], S2[c] += T2[t * C + c];
+  for (int64_t b = 0; b < blocks; ++b)
+    for (int64_t c = 0; c < C; ++c) S1[c] += P1[b * C + c], S2[c] += P2[b * C + c];
 }
 
 // out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
@@ -203,8 +245,7 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
-                       for (int64_t i = i0; i < i1; ++i) {
-                         const int64_t c = i % C;
+                       for (int64_t i = i0, c = i0 % C; i < i1; ++i, c = c + 1 == C ? 0 : c + 1) {
                          run(std::integral_constant<int64_t, 0>{}, i * L, L, coeff(a, c), coeff(b, c), coeff(m, c), coeff(k, c));
                        }
                      });
@@ -226,23 +267,12 @@ void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& 
   using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = g.C;
   K.assign(C, 0);
-  for (int64_t c = 0; c < C; ++c) K[c] = xp[g.nlc ? c : c * g.L];
-  channel_sums<acc_t>(
-      g,
-      [&](int64_t r, acc_t* s1, acc_t* s2) {
-        if (!g.nlc) {
-          const int64_t c = r % C;
-          add_moments_row(xp + r * g.L, g.L, opmath_t(K[c]), s1[c], s2[c]);
-          return;
-        }
-        const scalar_t* row = xp + r * C;
-        for (int64_t c = 0; c < C; ++c) {
-          const acc_t d = acc_t(row[c]) - K[c];
-          s1[c] += d;
-          s2[c] += d * d;
-        }
-      },
-      S1, S2);
+  std::vector<opmath_t> shift(C);
+  for (int64_t c = 0; c < C; ++c) shift[c] = xp[g.nlc ? c : c * g.L], K[c] = shift[c];
+  channel_sums<opmath_t>(g, [&](int64_t i, int64_t c, opmath_t& a1, opmath_t& a2) {
+    const opmath_t d = opmath_t(xp[i]) - shift[c];
+    a1 += d, a2 += d * d;
+  }, S1, S2);
 }
 
 // Per channel: S1 = sum delta, S2 = sum delta * (x - mean[c]), the backward's sums.
@@ -250,22 +280,11 @@ template <typename scalar_t, typename acc_t>
 void grad_sums(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const std::vector<acc_t>& mean,
                std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const int64_t C = g.C;
-  channel_sums<acc_t>(
-      g,
-      [&](int64_t r, acc_t* s1, acc_t* s2) {
-        if (!g.nlc) {
-          const int64_t c = r % C;
-          add_grad_row(dyp + r * g.L, xp + r * g.L, g.L, opmath_t(mean[c]), s1[c], s2[c]);
-          return;
-        }
-        const scalar_t *d = dyp + r * C, *p = xp + r * C;
-        for (int64_t c = 0; c < C; ++c) {
-          s1[c] += acc_t(d[c]);
-          s2[c] += acc_t(d[c]) * (acc_t(p[c]) - mean[c]);
-        }
-      },
-      S1, S2);
+  const std::vector<opmath_t> mu(mean.begin(), mean.end());
+  channel_sums<opmath_t>(g, [&](int64_t i, int64_t c, opmath_t& a1, opmath_t& a2) {
+    const opmath_t d = dyp[i];
+    a1 += d, a2 += d * (opmath_t(xp[i]) - mu[c]);
+  }, S1, S2);
 }
 
 // The backward ops' input and grad_output: (N, C, *), floating, the same sizes and dtype.
@@ -384,8 +403,8 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward(
         rm[c] = (1 - m) * rm[c] + m * mean[c];
         rv[c] = (1 - m) * rv[c] + m * var[c] * acc_t(M) / acc_t(M - 1);
       }
-      running_mean->copy_(as_tensor(rm, input, ptype));
-      running_var->copy_(as_tensor(rv, input, ptype));
+      store_per_channel(rm, *running_mean);
+      store_per_channel(rv, *running_var);
     }
   });
   if (training && has(num_batches_tracked)) num_batches_tracked->add_(1);

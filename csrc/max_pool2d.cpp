@@ -8,25 +8,11 @@
 namespace manual_ops {
 namespace {
 
-// The first tap t*d of the window starting at o*s - p that lies inside [0, I), or -1.
-int64_t first_tap(int64_t o, int64_t s, int64_t p, int64_t d, int64_t k, int64_t I) {
-  const int64_t start = o * s - p;
-  const int64_t first = start >= 0 ? start : start + (-start + d - 1) / d * d;
-  return first < std::min(start + (k - 1) * d + 1, I) ? first : -1;
-}
-
-// The flat index each output starts from, as torch: the window's first in-bounds tap
-// (-1 for a window lying wholly in the padding; its output stays -inf).
-std::vector<int64_t> first_indices(const PoolGeometry& g) {
-  std::vector<int64_t> idx(g.OH * g.OW);
-  for (int64_t oh = 0; oh < g.OH; ++oh) {
-    const int64_t ih = first_tap(oh, g.sh, g.ph, g.dh, g.kh, g.H);
-    for (int64_t ow = 0; ow < g.OW; ++ow) {
-      const int64_t iw = first_tap(ow, g.sw, g.pw, g.dw, g.kw, g.W);
-      idx[oh * g.OW + ow] = ih < 0 || iw < 0 ? -1 : ih * g.W + iw;
-    }
-  }
-  return idx;
+// The flat index the running argmax of output (oh, ow) starts from, as torch: its window's first
+// in-bounds tap (-1 for a window lying wholly in the padding; its output stays -inf).
+inline int64_t first_index(const PoolGeometry& g, int64_t oh, int64_t ow) {
+  const Window r = g.rows[oh], c = g.cols[ow];
+  return r.count == 0 || c.count == 0 ? -1 : r.first * g.W + c.first;
 }
 
 // One tap of a running argmax over n outputs: output i compares src[i*step], found at flat
@@ -45,64 +31,59 @@ inline void argmax_tap(const scalar_t* __restrict__ src, int64_t step, int64_t n
 }
 
 // Forward, NCHW: y[p, oh, ow] = max over (i, j) of x[p, oh*sh - ph + i*dh, ow*sw - pw + j*dw],
-// ind = the flat position ih*W + iw of that maximum. Per plane and output row, each tap
-// (i, j) sweeps the whole row of outputs it is valid for, so the inner loop runs along W.
-// The running argmax lives in a per-thread index_t row (scratch allocated once per call).
+// ind = the flat position ih*W + iw of that maximum. Per plane and output row, each in-bounds
+// row tap ih of the window and each column tap j sweeps the whole row of outputs j is valid
+// for (tap_range), so the inner loop runs along W without bounds tests. The running argmax
+// lives in an index_t row allocated per chunk of planes.
 template <typename scalar_t, typename index_t>
 void max_pool_nchw(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
-  const std::vector<int64_t> first = first_indices(g);
   std::vector<TapRange> cols(g.kw);
   for (int64_t j = 0; j < g.kw; ++j) cols[j] = tap_range(j, g.sw, g.pw, g.dw, g.W, g.OW);
-  std::vector<index_t> scratch(at::get_num_threads() * g.OW);
   const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
   at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
-    index_t* arg = scratch.data() + at::get_thread_num() * g.OW;
+    std::vector<index_t> arg(g.OW);
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* in = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         scalar_t* out = y + (p * g.OH + oh) * g.OW;
         std::fill(out, out + g.OW, lowest);
-        std::copy(first.begin() + oh * g.OW, first.begin() + (oh + 1) * g.OW, arg);
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
+        for (int64_t ow = 0; ow < g.OW; ++ow) arg[ow] = static_cast<index_t>(first_index(g, oh, ow));
+        const Window rows = g.rows[oh];
+        for (int64_t ih = rows.first; ih < rows.first + rows.count * g.dh; ih += g.dh) {
           for (int64_t j = 0; j < g.kw; ++j) {
             const int64_t lo = cols[j].lo, pos = ih * g.W + lo * g.sw + j * g.dw - g.pw;
-            argmax_tap<scalar_t, index_t>(in + pos, g.sw, cols[j].hi - lo, pos, g.sw, out + lo, arg + lo);
+            argmax_tap<scalar_t, index_t>(in + pos, g.sw, cols[j].hi - lo, pos, g.sw, out + lo, arg.data() + lo);
           }
         }
-        std::copy(arg, arg + g.OW, ind + (p * g.OH + oh) * g.OW);
+        std::copy(arg.begin(), arg.end(), ind + (p * g.OH + oh) * g.OW);
       }
     }
   });
 }
 
-// Forward, NHWC: the same max and argmax, vectorised along C; parallel over (n, oh) rows.
+// Forward, NHWC: the same max and argmax over each window's in-bounds taps, vectorised along C;
+// parallel over (n, oh) rows, the running argmax in an index_t row allocated per chunk.
 template <typename scalar_t, typename index_t>
 void max_pool_nhwc(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
-  const std::vector<int64_t> first = first_indices(g);
   const int64_t C = g.C;
-  std::vector<index_t> scratch(at::get_num_threads() * C);
   const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
-    index_t* arg = scratch.data() + at::get_thread_num() * C;
+    std::vector<index_t> arg(C);
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
+      const Window rows = g.rows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
+        const Window cols = g.cols[ow];
         scalar_t* out = y + (r * g.OW + ow) * C;
         std::fill(out, out + C, lowest);
-        std::fill(arg, arg + C, static_cast<index_t>(first[oh * g.OW + ow]));
-        for (int64_t i = 0; i < g.kh; ++i) {
-          const int64_t ih = oh * g.sh - g.ph + i * g.dh;
-          if (ih < 0 || ih >= g.H) continue;
-          for (int64_t j = 0; j < g.kw; ++j) {
-            const int64_t iw = ow * g.sw - g.pw + j * g.dw;
-            if (iw < 0 || iw >= g.W) continue;
+        std::fill(arg.begin(), arg.end(), static_cast<index_t>(first_index(g, oh, ow)));
+        for (int64_t ih = rows.first; ih < rows.first + rows.count * g.dh; ih += g.dh) {
+          for (int64_t iw = cols.first; iw < cols.first + cols.count * g.dw; iw += g.dw) {
             const int64_t pos = ih * g.W + iw;
-            argmax_tap<scalar_t, index_t>(x + (n * g.H * g.W + pos) * C, 1, C, pos, 0, out, arg);
+            argmax_tap<scalar_t, index_t>(x + (n * g.H * g.W + pos) * C, 1, C, pos, 0, out, arg.data());
           }
         }
-        std::copy(arg, arg + C, ind + (r * g.OW + ow) * C);
+        std::copy(arg.begin(), arg.end(), ind + (r * g.OW + ow) * C);
       }
     }
   });
@@ -113,16 +94,14 @@ std::tuple<Tensor, Tensor> max_pool2d_forward(const Tensor& input, IntArrayRef k
   TORCH_CHECK(input.dim() == 3 || input.dim() == 4,
               "non-empty 3D or 4D (batch mode) tensor expected for input, but got input of size ", input.sizes());
   const PoolGeometry g = pool2d_geometry("max_pool2d", input, kernel_size, stride, padding, dilation, ceil_mode);
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor x = input.contiguous(fmt);
-  Tensor out = at::empty(g.output_sizes(), input.options().memory_format(fmt));
-  Tensor ind = at::empty(g.output_sizes(), input.options().dtype(at::kLong).memory_format(fmt));
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_forward", [&] {
+  Tensor ind = at::empty(g.output_sizes(), input.options().dtype(at::kLong).memory_format(memory_format_of(input)));
+  Tensor out = run_pooling(input, input, g.output_sizes(), [&](bool nhwc, const auto* x, auto* y) {
+    using scalar_t = std::remove_pointer_t<decltype(y)>;
     // Running argmaxes are int32 (vectorisable) unless a plane has 2^31 or more elements.
-    const bool nhwc = fmt == at::MemoryFormat::ChannelsLast, narrow = g.H * g.W <= INT32_MAX;
+    const bool narrow = g.H * g.W <= INT32_MAX;
     auto kernel = nhwc ? (narrow ? max_pool_nhwc<scalar_t, int32_t> : max_pool_nhwc<scalar_t, int64_t>)
                        : (narrow ? max_pool_nchw<scalar_t, int32_t> : max_pool_nchw<scalar_t, int64_t>);
-    kernel(x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), ind.mutable_data_ptr<int64_t>(), g);
+    kernel(x, y, ind.mutable_data_ptr<int64_t>(), g);
   });
   return {out, ind};
 }
@@ -181,18 +160,14 @@ Tensor max_pool2d_backward(const Tensor& grad_output, const Tensor& input, const
               op, ": expected indices with the batch and channel sizes of input ", input.sizes(),
               ", but got indices of size ", indices.sizes());
   check_grad_output(op, grad_output, input, indices.sizes().vec());
-  const at::MemoryFormat fmt = memory_format_of(input);
-  const Tensor dy = grad_output.contiguous(fmt), ind = indices.contiguous(fmt);
-  Tensor grad_input = at::empty(input.sizes(), input.options().memory_format(fmt));
+  const Tensor ind = indices.contiguous(memory_format_of(input));
   const int64_t C = input.size(-3), HW = input.size(-2) * input.size(-1);
   const int64_t N = input.dim() == 4 ? input.size(0) : 1, OHW = indices.size(-2) * indices.size(-1);
-  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "max_pool2d_backward", [&] {
-    const scalar_t* g = dy.const_data_ptr<scalar_t>();
-    scalar_t* gi = grad_input.mutable_data_ptr<scalar_t>();
-    if (fmt == at::MemoryFormat::ChannelsLast) {
-      max_unpool_add_nhwc<scalar_t>(g, ind.const_data_ptr<int64_t>(), gi, N, HW, OHW, C);
+  Tensor grad_input = run_pooling(input, grad_output, input.sizes(), [&](bool nhwc, const auto* dy, auto* dx) {
+    if (nhwc) {
+      max_unpool_add_nhwc(dy, ind.const_data_ptr<int64_t>(), dx, N, HW, OHW, C);
     } else {
-      max_unpool_add_nchw<scalar_t>(g, ind.const_data_ptr<int64_t>(), gi, N * C, HW, OHW);
+      max_unpool_add_nchw(dy, ind.const_data_ptr<int64_t>(), dx, N * C, HW, OHW);
     }
   });
   return grad_input;

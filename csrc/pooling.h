@@ -8,11 +8,23 @@
 
 namespace manual_ops {
 
-// Sizes and window parameters of a 2-D pooling. A 3-D (C, H, W) input is a batch of one.
+// The in-bounds taps of one output's window along one dimension: input positions first,
+// first + d, ..., first + (count - 1) d, with d the dilation (1 but for max pooling).
+// count = 0: the window lies wholly in the padding.
+struct Window {
+  int64_t first, count;
+  int64_t end() const { return first + count; }  // one past the last tap when d = 1
+};
+
+// Sizes and windows of a 2-D pooling, max, average or adaptive. A 3-D (C, H, W) input is a
+// batch of one. rows[oh] and cols[ow] are the windows of each output row and column, computed
+// once per call (pool_windows or adaptive_windows), so the kernels' loops neither divide nor
+// test bounds. The kernel parameters are those of max and average pooling (unused by adaptive).
 struct PoolGeometry {
   int64_t N, C, H, W, OH, OW;
-  int64_t kh, kw, sh, sw, ph, pw, dh, dw;
   bool batched;
+  int64_t kh = 1, kw = 1, sh = 1, sw = 1, ph = 0, pw = 0, dh = 1, dw = 1;
+  std::vector<Window> rows, cols;
 
   int64_t planes() const { return N * C; }
   std::vector<int64_t> output_sizes() const {
@@ -46,6 +58,29 @@ inline TapRange tap_range(int64_t t, int64_t s, int64_t p, int64_t d, int64_t I,
   return {lo, std::max(lo, hi)};
 }
 
+// The windows of a fixed-size pooling along one dimension: output o taps o*s - p + t*d,
+// t in [0, k), of which those inside [0, I) count.
+inline std::vector<Window> pool_windows(int64_t I, int64_t O, int64_t k, int64_t s, int64_t p, int64_t d) {
+  std::vector<Window> windows(O);
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t start = o * s - p;
+    const int64_t t0 = start >= 0 ? 0 : (-start + d - 1) / d;              // first tap at or past 0
+    const int64_t t1 = std::min(k, start > I - 1 ? 0 : (I - 1 - start) / d + 1);  // past the last tap before I
+    windows[o] = {start + t0 * d, std::max<int64_t>(0, t1 - t0)};
+  }
+  return windows;
+}
+
+// The windows of adaptive pooling: output o of O over I covers [floor(o*I/O), ceil((o+1)*I/O)).
+inline std::vector<Window> adaptive_windows(int64_t I, int64_t O) {
+  std::vector<Window> windows(O);
+  for (int64_t o = 0; o < O; ++o) {
+    const int64_t first = o * I / O;
+    windows[o] = {first, ((o + 1) * I + O - 1) / O - first};
+  }
+  return windows;
+}
+
 inline void check_pool_arg_sizes(const char* op, IntArrayRef kernel_size, IntArrayRef stride, IntArrayRef padding,
                                  IntArrayRef dilation) {
   TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && dilation.size() == 2, op,
@@ -61,7 +96,7 @@ inline PoolGeometry pool2d_geometry(const char* op, const Tensor& input, IntArra
   const int64_t ndim = input.dim();
   const char* rank_message = "Expected 3D or 4D (batch mode) tensor with optional 0 dim batch size for input, but got:";
   TORCH_CHECK(ndim == 3 || ndim == 4, rank_message, input.sizes());
-  PoolGeometry g{};
+  PoolGeometry g;
   g.batched = ndim == 4;
   g.N = g.batched ? input.size(0) : 1;
   g.C = input.size(-3), g.H = input.size(-2), g.W = input.size(-1);
@@ -87,6 +122,8 @@ inline PoolGeometry pool2d_geometry(const char* op, const Tensor& input, IntArra
   g.OW = pool_output_size(g.W, g.kw, g.sw, g.pw, g.dw, ceil_mode);
   TORCH_CHECK(g.OH >= 1 && g.OW >= 1, "Given input size: (", g.C, "x", g.H, "x", g.W, "). Calculated output size: (",
               g.C, "x", g.OH, "x", g.OW, "). Output size is too small");
+  g.rows = pool_windows(g.H, g.OH, g.kh, g.sh, g.ph, g.dh);
+  g.cols = pool_windows(g.W, g.OW, g.kw, g.sw, g.pw, g.dw);
   return g;
 }
 
@@ -102,6 +139,20 @@ inline void check_grad_output(const char* op, const Tensor& grad_output, const T
   const IntArrayRef expected_sizes(expected);
   TORCH_CHECK(grad_output.sizes() == expected_sizes, op, ": expected grad_output of size ", expected_sizes,
               ", but got grad_output of size ", grad_output.sizes());
+}
+
+// The layout and dtype dispatch of every pooling op: `src` read densely in input's layout
+// (channels-last stays channels-last: memory_format_of), a new output of `sizes` in that layout,
+// and kernel(nhwc, src, out) called with pointers of input's dtype. Returns the output.
+template <typename Kernel>
+Tensor run_pooling(const Tensor& input, const Tensor& src, IntArrayRef sizes, const Kernel& kernel) {
+  const at::MemoryFormat fmt = memory_format_of(input);
+  const Tensor dense = src.contiguous(fmt);
+  Tensor out = at::empty(sizes, input.options().memory_format(fmt));
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "pooling", [&] {
+    kernel(fmt == at::MemoryFormat::ChannelsLast, dense.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>());
+  });
+  return out;
 }
 
 }  // namespace manual_ops

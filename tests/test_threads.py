@@ -1,6 +1,7 @@
 """Every kernel gives the same bits with 1 and with 2 threads: at::parallel_for only splits
-work whose results do not depend on the split (gathers, and per-channel sums in float64 whose
-float32 rounding does not move), and no GEMM is called inside a parallel region."""
+work whose results do not depend on the split (gathers, per-channel sums in float64 whose
+float32 rounding does not move, and batch_norm's sums over fixed blocks of rows, added in block
+order), and no GEMM is called inside a parallel region."""
 import pytest
 import torch
 
@@ -44,11 +45,23 @@ CASES = {
                                            torch.rand(16, requires_grad=True), torch.randn(16, requires_grad=True))),
     "batch_norm short rows": (_bn, lambda: (torch.randn(8, 64, 4, 4, requires_grad=True),
                                             torch.rand(64, requires_grad=True), torch.randn(64, requires_grad=True))),
+    "batch_norm bfloat16 short rows": (_bn, lambda: (torch.randn(8, 64, 3, 3, dtype=torch.bfloat16, requires_grad=True),
+                                                     torch.rand(64, requires_grad=True),
+                                                     torch.randn(64, requires_grad=True))),
     "batch_norm channels_last": (_bn, lambda: (_cl(torch.randn(8, 32, 6, 6)).requires_grad_(),
                                                torch.rand(32, requires_grad=True), torch.randn(32, requires_grad=True))),
-    "max_pool": (lambda x: mF.max_pool2d(x, 3, 2, 1), lambda: (torch.randn(4, 16, 12, 12, requires_grad=True),)),
+    # Pooling sizes are large enough for at::parallel_for to split them at 2 threads.
+    "max_pool": (lambda x: mF.max_pool2d(x, 3, 2, 1), lambda: (torch.randn(4, 64, 12, 12, requires_grad=True),)),
+    "max_pool dilated ceil_mode": (lambda x: mF.max_pool2d(x, 3, 2, 1, dilation=2, ceil_mode=True),
+                                   lambda: (torch.randn(4, 64, 13, 13, requires_grad=True),)),
+    "max_pool channels_last": (lambda x: mF.max_pool2d(x, 3, 2, 1),
+                               lambda: (_cl(torch.randn(8, 32, 12, 12)).requires_grad_(),)),
     "avg_pool channels_last": (lambda x: mF.avg_pool2d(x, 2, 2), lambda: (_cl(torch.randn(4, 16, 12, 12)).requires_grad_(),)),
-    "adaptive_avg_pool": (lambda x: mF.adaptive_avg_pool2d(x, 1), lambda: (torch.randn(4, 64, 4, 4, requires_grad=True),)),
+    "avg_pool bfloat16": (lambda x: mF.avg_pool2d(x, 3, 2, 1, count_include_pad=False),
+                          lambda: (torch.randn(8, 64, 12, 12, dtype=torch.bfloat16, requires_grad=True),)),
+    "adaptive_avg_pool": (lambda x: mF.adaptive_avg_pool2d(x, 1), lambda: (torch.randn(8, 1024, 4, 4, requires_grad=True),)),
+    "adaptive_avg_pool channels_last": (lambda x: mF.adaptive_avg_pool2d(x, 3),
+                                        lambda: (_cl(torch.randn(16, 128, 7, 7)).requires_grad_(),)),
     "relu": (mF.relu, lambda: (torch.randn(4, 16, 12, 12, requires_grad=True),)),
     "cross_entropy": (lambda x: mF.cross_entropy(x, torch.arange(64) % 100), lambda: (torch.randn(64, 100, requires_grad=True),)),
 }

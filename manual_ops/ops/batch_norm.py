@@ -70,8 +70,11 @@ class BatchNormFunction(torch.autograd.Function):
         input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], needs[2]]
-        grad_input, grad_weight, grad_bias = BatchNormBackward.apply(
-            grad_output, input, weight, bias, save_mean, save_invstd, *ctx.bn_args, mask)
+        # The differentiable backward only when a graph of it is being built (create_graph=True),
+        # else the op alone, without a second autograd.Function's overhead.
+        backward = BatchNormBackward.apply if torch.is_grad_enabled() else BatchNormBackward.forward
+        grad_input, grad_weight, grad_bias = backward(grad_output, input, weight, bias, save_mean, save_invstd,
+                                                      *ctx.bn_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
     @staticmethod

@@ -77,6 +77,13 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return torch.empty_like(input, memory_format=memory_format_of(input))
 
 
+def _backward(function):
+    """How a backward calls ``function``, the autograd.Function of a backward op: ``function.apply``
+    when a graph of the backward is being built (``create_graph=True``), else its ``forward`` (the op
+    alone), without a second autograd.Function's overhead."""
+    return function.apply if torch.is_grad_enabled() else function.forward
+
+
 def _gather_windows(values, indices):
     """``values[..., indices]`` per plane: the value at each window's saved argmax (0 where a
     window lies wholly in the padding, index -1). The adjoint of max_pool2d_backward."""
@@ -106,7 +113,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_indices):
         input, indices = ctx.saved_tensors
-        grad_input = MaxPool2dBackward.apply(grad_output, input, indices) if ctx.needs_input_grad[0] else None
+        grad_input = _backward(MaxPool2dBackward)(grad_output, input, indices) if ctx.needs_input_grad[0] else None
         return grad_input, None, None, None, None, None
 
     @staticmethod
@@ -161,7 +168,8 @@ class AvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = AvgPool2dBackward.apply(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0] else None
+        grad_input = (_backward(AvgPool2dBackward)(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0]
+                      else None)
         return grad_input, None, None, None, None, None, None
 
     @staticmethod
@@ -214,7 +222,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = AdaptiveAvgPool2dBackward.apply(grad_output, input) if ctx.needs_input_grad[0] else None
+        grad_input = _backward(AdaptiveAvgPool2dBackward)(grad_output, input) if ctx.needs_input_grad[0] else None
         return grad_input, None
 
     @staticmethod
