@@ -1,5 +1,6 @@
 """Argument normalisation shared by the functional ops and modules."""
 import torch
+from torch._functorch import utils as _functorch_utils
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -33,8 +34,37 @@ def register_autograd(op: str, function: type) -> None:
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
 
 
+def fast_apply(function: type):
+    """``function.apply`` without the Python work that ``torch.autograd.Function.apply`` does on every
+    call to support default arguments (an ``inspect.signature`` bind, tens of microseconds, more than
+    a small op's kernel): for callers that pass every argument of ``function.forward`` positionally,
+    which makes that bind an identity. Under torch.compile and functorch transforms (torch.func) it
+    is ``function.apply`` itself, which they trace or route through the transforms."""
+    apply_to_args = super(torch.autograd.Function, function).apply  # what Function.apply ends in
+
+    def apply(*args):
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        return apply_to_args(*_functorch_utils.unwrap_dead_wrappers(args))
+
+    return apply
+
+
+def below_autograd(op):
+    """``op`` called past its autograd kernel, for the ``forward`` of the ``torch.autograd.Function``
+    that is that kernel (see :func:`register_autograd`): there autograd records nothing anyway, and the
+    kernel, being Python, would cost more than a small op's computation."""
+    def call(*args):
+        if torch.compiler.is_compiling():  # traced as a plain call
+            return op(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return call
+
+
 def applier(function: type, op=None):
-    """``function.apply``, as the public wrappers call it, but for two cases:
+    """``function.apply`` (as :func:`fast_apply`), as the public wrappers call it, but for two cases:
 
     - under torch.compile, a subclass of ``function`` without its custom ``jvp`` (Dynamo cannot trace
       one; a compiled graph runs no forward-mode AD, so nothing is lost);
@@ -45,11 +75,16 @@ def applier(function: type, op=None):
       inputs' dtypes. Inside ``function.forward`` the cast would come too late.
     """
     without_jvp = type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
+    apply_function = fast_apply(function)
 
     def apply(*args):
-        device = args[0].device.type
-        if op is not None and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-            return op(*args)
-        return (without_jvp if torch.compiler.is_compiling() else function).apply(*args)
+        compiling = torch.compiler.is_compiling()
+        if op is not None and (compiling or torch._C._is_any_autocast_enabled()):  # the latter: a fast no
+            device = args[0].device.type
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                return op(*args)
+        if compiling:
+            return without_jvp.apply(*args)
+        return apply_function(*args)
 
     return apply

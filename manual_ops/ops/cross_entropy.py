@@ -2,9 +2,10 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, register_autograd
+from .._utils import applier, below_autograd, fast_apply, register_autograd
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.cross_entropy_forward)
 
 
 def _row_size(input):
@@ -38,7 +39,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, weight, reduction, ignore_index, label_smoothing):
-        return _ops.cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
+        return _forward_op(input, target, weight, reduction, ignore_index, label_smoothing)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -53,7 +54,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse):
         input, target, weight, lse = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:2])
-        grad_input, grad_target = CrossEntropyBackward.apply(grad_loss, input, target, weight, lse, *ctx.options, mask)
+        grad_input, grad_target = _backward_apply(grad_loss, input, target, weight, lse, *ctx.options, mask)
         return grad_input, grad_target, None, None, None, None
 
     @staticmethod
@@ -157,6 +158,7 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
     return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
 
 
+_backward_apply = fast_apply(CrossEntropyBackward)
 register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
 
 

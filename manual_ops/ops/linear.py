@@ -1,10 +1,11 @@
 """linear: the autograd wiring around ``manual_ops::linear_forward`` / ``linear_backward``."""
 import torch
 
-from .._utils import applier, register_autograd
+from .._utils import applier, below_autograd, fast_apply, register_autograd
 from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.linear_forward)
 
 
 @torch.library.register_fake("manual_ops::linear_forward")
@@ -31,7 +32,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias):
-        return _ops.linear_forward(input, weight, bias)
+        return _forward_op(input, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -43,7 +44,7 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        return LinearBackward.apply(grad_output, input, weight, list(ctx.needs_input_grad))
+        return _backward_apply(grad_output, input, weight, list(ctx.needs_input_grad))
 
     @staticmethod
     def jvp(ctx, d_input, d_weight, d_bias):
@@ -78,6 +79,7 @@ class LinearBackward(torch.autograd.Function):
         return *grads, None
 
 
+_backward_apply = fast_apply(LinearBackward)
 register_autograd("manual_ops::linear_forward", LinearFunction)
 
 
