@@ -34,17 +34,21 @@ def register_autograd(op: str, function: type) -> None:
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
 
 
-def fast_apply(function: type):
+def fast_apply(function: type, op=None):
     """``function.apply`` without the Python work that ``torch.autograd.Function.apply`` does on every
     call to support default arguments (an ``inspect.signature`` bind, tens of microseconds, more than
     a small op's kernel): for callers that pass every argument of ``function.forward`` positionally,
-    which makes that bind an identity. Under torch.compile and functorch transforms (torch.func) it
-    is ``function.apply`` itself, which they trace or route through the transforms."""
+    which makes that bind an identity. Given ``op``, the operator that ``function.forward`` calls with
+    the same arguments, it is ``op`` itself while grad mode is off (a backward pass without
+    ``create_graph``): the Function would record nothing. Under torch.compile and functorch transforms
+    (torch.func) it is ``function.apply`` itself, which they trace or route through the transforms."""
     apply_to_args = super(torch.autograd.Function, function).apply  # what Function.apply ends in
 
     def apply(*args):
         if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
             return function.apply(*args)
+        if op is not None and not torch.is_grad_enabled():
+            return op(*args)
         return apply_to_args(*_functorch_utils.unwrap_dead_wrappers(args))
 
     return apply

@@ -158,7 +158,7 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
     return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
 
 
-_backward_apply = fast_apply(CrossEntropyBackward)
+_backward_apply = fast_apply(CrossEntropyBackward, _ops.cross_entropy_backward)
 register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
 
 

@@ -79,7 +79,7 @@ class LinearBackward(torch.autograd.Function):
         return *grads, None
 
 
-_backward_apply = fast_apply(LinearBackward)
+_backward_apply = fast_apply(LinearBackward, _ops.linear_backward)
 register_autograd("manual_ops::linear_forward", LinearFunction)
 
 

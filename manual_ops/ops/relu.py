@@ -79,7 +79,7 @@ class ReLUBackward(torch.autograd.Function):
     def backward(ctx, grad_grad_input):
         return ReLUBackward.apply(grad_grad_input, ctx.saved_tensors[0]), None
 
-_backward_apply = fast_apply(ReLUBackward)
+_backward_apply = fast_apply(ReLUBackward, _ops.relu_backward)
 
 
 def _relu_op_setup_context(ctx, inputs, output):
