@@ -8,6 +8,7 @@
 // with target weights q (eps = label_smoothing, w = class weights or 1):
 //   class indices:       q[r, c] = w_c * eps / C + (1 - eps) * w_{y_r} * [c == y_r]   (0 if y_r == ignore_index)
 //   class probabilities: q[r, c] = w_c * ((1 - eps) * t[r, c] + eps / C)
+#include "autograd_kernel.h"
 #include "common.h"
 #include "cpu_capability.h"
 #include "vec_exp.h"
@@ -409,11 +410,57 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
   return {grad_input, grad_target};
 }
 
+using ForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                              std::string_view, int64_t, double);
+using BackwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                               const std::optional<Tensor>&, const Tensor&, std::string_view, int64_t,
+                                               double, std::array<bool, 2>);
+
+// The autograd kernel of cross_entropy_forward: CrossEntropyFunction's derivatives
+// (manual_ops/ops/cross_entropy.py), in C++. lse is not differentiable; the backward is
+// cross_entropy_backward, differentiable through that op's autograd kernel (CrossEntropyBackward).
+struct CrossEntropyAutograd : public torch::autograd::Function<CrossEntropyAutograd> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                               const std::optional<Tensor>& weight, std::string_view reduction, int64_t ignore_index,
+                               double label_smoothing) {
+    static const auto op = operator_handle<ForwardSig>("manual_ops::cross_entropy_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, lse] = op.call(input, target, weight, reduction, ignore_index, label_smoothing);
+    ctx->mark_non_differentiable({lse});
+    ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
+    ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = operator_handle<BackwardSig>("manual_ops::cross_entropy_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const std::optional<Tensor> weight = saved[2].defined() ? std::optional<Tensor>(saved[2]) : std::nullopt;
+    auto [grad_input, grad_target] = call_backward_op(
+        op, grads[0], saved[0], saved[1], weight, saved[3], ctx->saved_data["reduction"].toStringRef(),
+        ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
+        std::array<bool, 2>{ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
+    return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> cross_entropy_forward_autograd(const Tensor& input, const Tensor& target,
+                                                          const std::optional<Tensor>& weight,
+                                                          std::string_view reduction, int64_t ignore_index,
+                                                          double label_smoothing) {
+  const variable_list out = CrossEntropyAutograd::apply(input, target, weight, reduction, ignore_index, label_smoothing);
+  return {out[0], out[1]};
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
 }
+
+TORCH_LIBRARY_IMPL(manual_ops, Autograd, m) { m.impl("cross_entropy_forward", &cross_entropy_forward_autograd); }
 
 }  // namespace manual_ops

@@ -6,6 +6,7 @@ from .._utils import applier, below_autograd, fast_apply, register_autograd
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.cross_entropy_forward)
+_backward_op = below_autograd(_ops.cross_entropy_backward)
 
 
 def _row_size(input):
@@ -64,7 +65,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
 
 
-_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward)
+_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):
@@ -100,8 +101,8 @@ class CrossEntropyBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing, output_mask):
-        return _ops.cross_entropy_backward(grad_loss, input, target, weight, lse, reduction, ignore_index,
-                                           label_smoothing, output_mask)
+        return _backward_op(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
+                            output_mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -158,8 +159,8 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
     return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
 
 
-_backward_apply = fast_apply(CrossEntropyBackward, _ops.cross_entropy_backward)
-register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
+_backward_apply = fast_apply(CrossEntropyBackward, _backward_op)
+register_autograd("manual_ops::cross_entropy_backward", CrossEntropyBackward)  # cross_entropy_forward's autograd kernel is C++, with CrossEntropyFunction's derivatives
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",

@@ -6,6 +6,7 @@ from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.linear_forward)
+_backward_op = below_autograd(_ops.linear_backward)
 
 
 @torch.library.register_fake("manual_ops::linear_forward")
@@ -52,7 +53,7 @@ class LinearFunction(torch.autograd.Function):
         return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
 
-_linear_apply = applier(LinearFunction, _ops.linear_forward)
+_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True)
 
 
 class LinearBackward(torch.autograd.Function):
@@ -64,7 +65,7 @@ class LinearBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_output, input, weight, output_mask):
-        return _ops.linear_backward(grad_output, input, weight, output_mask)
+        return _backward_op(grad_output, input, weight, output_mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -79,8 +80,8 @@ class LinearBackward(torch.autograd.Function):
         return *grads, None
 
 
-_backward_apply = fast_apply(LinearBackward, _ops.linear_backward)
-register_autograd("manual_ops::linear_forward", LinearFunction)
+_backward_apply = fast_apply(LinearBackward, _backward_op)
+register_autograd("manual_ops::linear_backward", LinearBackward)  # linear_forward's autograd kernel is C++, with LinearFunction's derivatives
 
 
 def linear(input, weight, bias=None):
