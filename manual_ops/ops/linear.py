@@ -50,7 +50,8 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, d_input, d_weight, d_bias):
         input, weight = ctx.saved_tensors
-        return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
+        # linear's own applier: under torch.func the tangents need the Python Function (not the C++ kernel)
+        return bilinear_sum(_linear_apply, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
 
 _linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True)
