@@ -450,7 +450,8 @@ std::tuple<Tensor, Tensor> cross_entropy_forward_autograd(const Tensor& input, c
                                                           const std::optional<Tensor>& weight,
                                                           std::string_view reduction, int64_t ignore_index,
                                                           double label_smoothing) {
-  const variable_list out = CrossEntropyAutograd::apply(input, target, weight, reduction, ignore_index, label_smoothing);
+  const variable_list out =
+      CrossEntropyAutograd::apply(input, target, weight, reduction, ignore_index, label_smoothing);
   return {out[0], out[1]};
 }
 

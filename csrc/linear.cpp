@@ -128,7 +128,8 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, co
 }
 
 using ForwardSig = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&);
-using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
+using BackwardSig =
+    std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
 
 // The autograd kernel of linear_forward: LinearFunction's derivatives (manual_ops/ops/linear.py),
 // in C++; the backward is linear_backward, differentiable through that op's autograd kernel

@@ -160,7 +160,9 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
 
 
 _backward_apply = fast_apply(CrossEntropyBackward, _backward_op)
-register_autograd("manual_ops::cross_entropy_backward", CrossEntropyBackward)  # cross_entropy_forward's autograd kernel is C++, with CrossEntropyFunction's derivatives
+# cross_entropy_forward's autograd kernel is C++ (with CrossEntropyFunction's derivatives);
+# its backward op's is CrossEntropyBackward
+register_autograd("manual_ops::cross_entropy_backward", CrossEntropyBackward)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",

@@ -82,7 +82,8 @@ class LinearBackward(torch.autograd.Function):
 
 
 _backward_apply = fast_apply(LinearBackward, _backward_op)
-register_autograd("manual_ops::linear_backward", LinearBackward)  # linear_forward's autograd kernel is C++, with LinearFunction's derivatives
+# linear_forward's autograd kernel is C++ (with LinearFunction's derivatives); its backward op's is LinearBackward
+register_autograd("manual_ops::linear_backward", LinearBackward)
 
 
 def linear(input, weight, bias=None):
