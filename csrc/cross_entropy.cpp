@@ -8,17 +8,20 @@
 // with target weights q (eps = label_smoothing, w = class weights or 1):
 //   class indices:       q[r, c] = w_c * eps / C + (1 - eps) * w_{y_r} * [c == y_r]   (0 if y_r == ignore_index)
 //   class probabilities: q[r, c] = w_c * ((1 - eps) * t[r, c] + eps / C)
+#include "autograd_kernel.h"
 #include "common.h"
+#include "cpu_capability.h"
+#include "vec_exp.h"
 
-#include <ATen/AccumulateType.h>
-
+#include <algorithm>
 #include <cmath>
+#include <limits>
+#include <numeric>
 #include <tuple>
+#include <type_traits>
 
 namespace manual_ops {
 namespace {
-
-constexpr int64_t kGrain = 64;  // rows per task
 
 enum class Reduction { None, Mean, Sum };
 
@@ -82,32 +85,6 @@ void check_indices(const char* op, const Tensor& target, int64_t C, int64_t igno
   }
 }
 
-// The weights q[r, :] of one row (see the top of the file) written into `q`; returns sum_c q[r, c].
-template <typename scalar_t, typename acc_t>
-acc_t row_weights(const Geometry& G, int64_t r, const scalar_t* t, const int64_t* y, const scalar_t* w,
-                  int64_t ignore_index, acc_t eps, acc_t* q) {
-  const int64_t n = r / G.S, s = r % G.S;
-  acc_t total = 0;
-  if (G.probabilities) {
-    for (int64_t c = 0; c < G.C; ++c) {
-      q[c] = (w ? acc_t(w[c]) : acc_t(1)) * ((1 - eps) * acc_t(t[(n * G.C + c) * G.S + s]) + eps / G.C);
-      total += q[c];
-    }
-    return total;
-  }
-  const int64_t label = y[r];
-  for (int64_t c = 0; c < G.C; ++c) {
-    q[c] = label == ignore_index ? acc_t(0) : (w ? acc_t(w[c]) : acc_t(1)) * eps / G.C;
-    total += q[c];
-  }
-  if (label != ignore_index) {
-    const acc_t extra = (1 - eps) * (w ? acc_t(w[label]) : acc_t(1));
-    q[label] += extra;
-    total += extra;
-  }
-  return total;
-}
-
 struct Inputs {
   Tensor x, t, w;  // contiguous input, target and (possibly undefined) weight
 };
@@ -117,17 +94,179 @@ Inputs contiguous_inputs(const Tensor& input, const Tensor& target, const std::o
   return {input.contiguous(), target.contiguous(), has_weight ? weight->contiguous() : Tensor()};
 }
 
+// ---- Row primitives, on a contiguous row x[0..C) in the compute type T (float or double; bfloat16
+// and float16 rows are converted to float first). Sums accumulate in T: float rows in float32 vector
+// lanes, as torch's log_softmax does.
+
+// The AVX2 versions, for float rows (see vec_exp.h); each matches the portable one below.
+__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t C) {
+  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
+  if (c < C) {
+    const __m256 tail = _mm256_maskload_ps(x + c, first_lanes(C - c));
+    m = _mm256_max_ps(m, _mm256_blendv_ps(m, tail, _mm256_castsi256_ps(first_lanes(C - c))));
+  }
+  return horizontal_max(m);
+}
+
+__attribute__((target("avx2,fma"))) float row_sum_exp_avx2(const float* x, int64_t C, float m) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) sum = _mm256_add_ps(sum, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + c), mv)));
+  if (c < C) {
+    const __m256i mask = first_lanes(C - c);
+    const __m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), mv));
+    sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(mask)));
+  }
+  return horizontal_sum(sum);
+}
+
+// w_c (m - x_c), or 0 where w_c = 0 (so that 0 * inf is 0).
+__attribute__((target("avx2,fma"))) inline __m256 weighted_gap_terms(__m256 xv, __m256 wv, __m256 mv) {
+  const __m256 zero = _mm256_setzero_ps();
+  return _mm256_and_ps(_mm256_mul_ps(wv, _mm256_sub_ps(mv, xv)), _mm256_cmp_ps(wv, zero, _CMP_NEQ_UQ));
+}
+
+__attribute__((target("avx2,fma"))) float row_weighted_gap_avx2(const float* x, const float* w, int64_t C, float m) {
+  const __m256 mv = _mm256_set1_ps(m);
+  __m256 sum = _mm256_setzero_ps();
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 xv = _mm256_loadu_ps(x + c);
+    sum = _mm256_add_ps(sum, w ? weighted_gap_terms(xv, _mm256_loadu_ps(w + c), mv) : _mm256_sub_ps(mv, xv));
+  }
+  if (c < C) {  // lanes past C load w = 0, or are masked
+    const __m256i mask = first_lanes(C - c);
+    const __m256 xv = _mm256_maskload_ps(x + c, mask);
+    sum = _mm256_add_ps(sum, w ? weighted_gap_terms(xv, _mm256_maskload_ps(w + c, mask), mv)
+                               : _mm256_and_ps(_mm256_sub_ps(mv, xv), _mm256_castsi256_ps(mask)));
+  }
+  return horizontal_sum(sum);
+}
+
+__attribute__((target("avx2,fma"))) void row_scaled_softmax_avx2(const float* x, int64_t C, float l, float a,
+                                                                  const float* w, float b, float* out) {
+  const __m256 lv = _mm256_set1_ps(l), av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
+  const __m256 ones = _mm256_set1_ps(1.0f);
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 wv = w ? _mm256_loadu_ps(w + c) : ones;
+    _mm256_storeu_ps(out + c, _mm256_fmadd_ps(av, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + c), lv)),
+                                              _mm256_mul_ps(bv, wv)));
+  }
+  if (c < C) {
+    const __m256i mask = first_lanes(C - c);
+    const __m256 wv = w ? _mm256_maskload_ps(w + c, mask) : ones;
+    _mm256_maskstore_ps(out + c, mask, _mm256_fmadd_ps(av, exp256(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), lv)),
+                                                       _mm256_mul_ps(bv, wv)));
+  }
+}
+
+// max_c x_c
+template <typename T>
+T row_max(const T* x, int64_t C) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return row_max_avx2(x, C);
+  }
+  T m = -std::numeric_limits<T>::infinity();
+  for (int64_t c = 0; c < C; ++c) m = std::max(m, x[c]);
+  return m;
+}
+
+// sum_c exp(x_c - m)
+template <typename T>
+T row_sum_exp(const T* x, int64_t C, T m) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return row_sum_exp_avx2(x, C, m);
+  }
+  T sum = 0;
+  for (int64_t c = 0; c < C; ++c) sum += std::exp(x[c] - m);
+  return sum;
+}
+
+// sum_c w_c (m - x_c) (w = 1 when null), terms of weight 0 left out: for m = max_c x_c every term
+// is >= 0, so the smoothing term of the loss needs no subtraction of large sums.
+template <typename T>
+T row_weighted_gap(const T* x, const T* w, int64_t C, T m) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return row_weighted_gap_avx2(x, w, C, m);
+  }
+  T sum = 0;
+  for (int64_t c = 0; c < C; ++c) sum += w ? (w[c] == 0 ? T(0) : w[c] * (m - x[c])) : m - x[c];
+  return sum;
+}
+
+// out_c = a exp(x_c - l) + b w_c (w = 1 when null); out may be x.
+template <typename T>
+void row_scaled_softmax(const T* x, int64_t C, T l, T a, const T* w, T b, T* out) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) return row_scaled_softmax_avx2(x, C, l, a, w, b, out);
+  }
+  for (int64_t c = 0; c < C; ++c) out[c] = a * std::exp(x[c] - l) + b * (w ? w[c] : T(1));
+}
+
+// ---- Rows of the (N, C, S) input: row r = (n, s) is read in place when it is a contiguous row of
+// T, else gathered (and converted) into a scratch row.
+template <typename scalar_t, typename T>
+struct Rows {
+  const Geometry& G;
+  const scalar_t* x;
+  static constexpr bool kInPlace = std::is_same_v<scalar_t, T>;
+
+  int64_t base(int64_t r) const { return (r / G.S) * G.C * G.S + r % G.S; }
+  bool direct() const { return kInPlace && G.S == 1; }
+
+  const T* row(int64_t r, T* scratch) const {
+    if constexpr (kInPlace) {
+      if (G.S == 1) return x + r * G.C;
+    }
+    const scalar_t* xr = x + base(r);
+    for (int64_t c = 0; c < G.C; ++c) scratch[c] = T(xr[c * G.S]);
+    return scratch;
+  }
+
+  // Where to write row r of an output like x: in place, or into the scratch row that store() copies.
+  T* out_row(scalar_t* out, int64_t r, T* scratch) const {
+    if constexpr (kInPlace) {
+      if (G.S == 1) return out + r * G.C;
+    }
+    return scratch;
+  }
+
+  void store(scalar_t* out, int64_t r, const T* row) const {
+    if (direct()) return;
+    scalar_t* out_r = out + base(r);
+    for (int64_t c = 0; c < G.C; ++c) out_r[c * G.S] = scalar_t(row[c]);
+  }
+};
+
+// Rows per task: about 16K logits each.
+int64_t grain_rows(int64_t C) { return std::max<int64_t>(1, (int64_t(1) << 14) / std::max<int64_t>(C, 1)); }
+
+// The class weights in T (undefined: no weights).
+template <typename T>
+Tensor weights_in(const Tensor& w) {
+  return w.defined() ? w.to(c10::CppTypeToScalarType<T>::value).contiguous() : Tensor();
+}
+
 // D of the mean: sum_r w_{y_r} over non-ignored rows (class indices; as in torch's nll_loss)
 // or the number of rows N * S (class probabilities).
-double mean_denominator(const Geometry& G, const Inputs& in, int64_t ignore_index) {
+template <typename T>
+double mean_denominator(const Geometry& G, const int64_t* y, const T* w, int64_t ignore_index) {
   if (G.probabilities) return double(G.R());
-  const Tensor counted = in.t != ignore_index;
-  const Tensor w_y = in.w.defined() ? in.w.index_select(0, in.t.masked_select(counted)) : counted;
-  return w_y.sum(at::kDouble).item<double>();
+  double D = 0;
+  for (int64_t r = 0; r < G.R(); ++r) {
+    if (y[r] != ignore_index) D += w ? double(w[y[r]]) : 1.0;
+  }
+  return D;
 }
 
 // Forward: lse_r = m_r + log sum_c exp(x[r, c] - m_r) with m_r = max_c x[r, c] (log-sum-exp,
-// stable for any logits), loss_r as above, then
+// stable for any logits), loss_r as at the top of the file; for class indices, with W = sum_c w_c,
+//   loss_r = (1 - eps) w_y (lse_r - x[r, y]) + eps / C * (sum_c w_c (m_r - x[r, c]) + W (lse_r - m_r))
+// (no per-class weights q needed), then
 //   none: loss_r;  sum: sum_r loss_r;  mean: sum_r loss_r / D.
 // Returns the loss and lse (float64, one per row), which the backward reuses.
 std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tensor& target,
@@ -140,44 +279,54 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tens
   if (!G.probabilities) check_indices(op, in.t, G.C, ignore_index);
 
   Tensor lse = at::empty(G.row_size, input.options().dtype(at::kDouble));
-  Tensor row_loss = at::empty({G.R()}, input.options().dtype(at::kDouble));
+  Tensor loss = red == Reduction::None ? at::empty(G.row_size, input.options()) : Tensor();
+  std::vector<double> row_loss(red == Reduction::None ? 0 : G.R());
+  double D = 1.0;
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "cross_entropy_forward", [&] {
-    using acc_t = at::acc_type<scalar_t, false>;
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* x = in.x.const_data_ptr<scalar_t>();
+    using T = at::opmath_type<scalar_t>;
+    const Rows<scalar_t, T> rows{G, in.x.const_data_ptr<scalar_t>()};
     const scalar_t* t = G.probabilities ? in.t.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* y = G.probabilities ? nullptr : in.t.const_data_ptr<int64_t>();
-    const scalar_t* w = in.w.defined() ? in.w.const_data_ptr<scalar_t>() : nullptr;
-    const acc_t eps = std::max(label_smoothing, 0.0);
+    const Tensor w_t = weights_in<T>(in.w);
+    const T* w = w_t.defined() ? w_t.const_data_ptr<T>() : nullptr;
+    T W = G.C;
+    if (w) W = std::accumulate(w, w + G.C, T(0));
+    const T eps = std::max(label_smoothing, 0.0);
     double* lse_out = lse.mutable_data_ptr<double>();
-    double* loss_out = row_loss.mutable_data_ptr<double>();
-    at::parallel_for(0, G.R(), kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> q(G.C);
+    scalar_t* loss_none = loss.defined() ? loss.mutable_data_ptr<scalar_t>() : nullptr;
+    at::parallel_for(0, G.R(), grain_rows(G.C), [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(rows.direct() ? 0 : G.C);
       for (int64_t r = begin; r < end; ++r) {
-        const scalar_t* xr = x + (r / G.S) * G.C * G.S + r % G.S;
-        acc_t m = -std::numeric_limits<acc_t>::infinity();
-        for (int64_t c = 0; c < G.C; ++c) m = std::max<acc_t>(m, xr[c * G.S]);
-        acc_t sum_exp = 0;
-        // exp in the input's precision (as torch's log_softmax; float32 for bfloat16 and float16),
-        // summed in acc_t.
-        for (int64_t c = 0; c < G.C; ++c) sum_exp += std::exp(opmath_t(acc_t(xr[c * G.S]) - m));
-        const acc_t l = m + std::log(sum_exp);
-        row_weights<scalar_t, acc_t>(G, r, t, y, w, ignore_index, eps, q.data());
-        acc_t loss = 0;
-        for (int64_t c = 0; c < G.C; ++c) loss += q[c] == 0 ? acc_t(0) : q[c] * (l - acc_t(xr[c * G.S]));
+        const T* xr = rows.row(r, scratch.data());
+        const T m = row_max(xr, G.C);
+        const T l = m + std::log(row_sum_exp(xr, G.C, m));
+        T loss_r = 0;
+        if (G.probabilities) {  // sum_c q_c (lse - x_c), terms with q_c = 0 left out
+          const scalar_t* tr = t + rows.base(r);
+          for (int64_t c = 0; c < G.C; ++c) {
+            const T q = (w ? w[c] : T(1)) * ((1 - eps) * T(tr[c * G.S]) + eps / G.C);
+            if (q != 0) loss_r += q * (l - xr[c]);
+          }
+        } else if (y[r] != ignore_index) {
+          const T target_weight = (1 - eps) * (w ? w[y[r]] : T(1));
+          if (target_weight != 0) loss_r += target_weight * (l - xr[y[r]]);
+          if (eps > 0) loss_r += eps / G.C * (row_weighted_gap(xr, w, G.C, m) + W * (l - m));
+        }
         lse_out[r] = l;
-        loss_out[r] = loss;
+        if (loss_none) {
+          loss_none[r] = scalar_t(loss_r);
+        } else {
+          row_loss[r] = loss_r;
+        }
       }
     });
+    if (red == Reduction::Mean) D = mean_denominator(G, y, w, ignore_index);
   });
-  Tensor loss;
-  if (red == Reduction::None) {
-    loss = row_loss.view(G.row_size);
-  } else {
-    loss = row_loss.sum();
-    if (red == Reduction::Mean) loss = loss / mean_denominator(G, in, ignore_index);
+  if (red != Reduction::None) {
+    const double total = std::accumulate(row_loss.begin(), row_loss.end(), 0.0);
+    loss = at::scalar_tensor(red == Reduction::Mean ? total / D : total, input.options());
   }
-  return {loss.to(input.scalar_type()), lse};
+  return {loss, lse};
 }
 
 // Backward: with g_r = dL/dloss_r (grad_output[r], grad_output / D or grad_output) and
@@ -185,6 +334,8 @@ std::tuple<Tensor, Tensor> cross_entropy_forward(const Tensor& input, const Tens
 //   dL/dx[r, c] = g_r * (Q_r * p[r, c] - q[r, c]),   Q_r = sum_c q[r, c]
 // (p - y for a one-hot target), and for class probabilities
 //   dL/dt[r, c] = g_r * (1 - eps) * w_c * (lse_r - x[r, c]).
+// For class indices, q[r, c] = eps / C w_c + (1 - eps) w_y [c == y] and Q_r = eps / C W + (1 - eps) w_y:
+// a scaled softmax plus a multiple of w, with one more term at c = y.
 std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, const Tensor& input, const Tensor& target,
                                                   const std::optional<Tensor>& weight, const Tensor& lse,
                                                   std::string_view reduction, int64_t ignore_index,
@@ -203,40 +354,105 @@ std::tuple<Tensor, Tensor> cross_entropy_backward(const Tensor& grad_output, con
   const Inputs in = contiguous_inputs(input, target, weight);
   if (!G.probabilities) check_indices(op, in.t, G.C, ignore_index);
 
-  const double denominator = red == Reduction::Mean ? mean_denominator(G, in, ignore_index) : 1.0;
   const Tensor dy = grad_output.contiguous();
+  const Tensor lse_c = lse.contiguous();
   Tensor grad_input = output_mask[0] ? at::empty_like(in.x) : Tensor();
   Tensor grad_target = output_mask[1] ? at::empty_like(in.x) : Tensor();
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "cross_entropy_backward", [&] {
-    using acc_t = at::acc_type<scalar_t, false>;
-    using opmath_t = at::opmath_type<scalar_t>;
-    const scalar_t* x = in.x.const_data_ptr<scalar_t>();
+    using T = at::opmath_type<scalar_t>;
+    const Rows<scalar_t, T> rows{G, in.x.const_data_ptr<scalar_t>()};
     const scalar_t* t = G.probabilities ? in.t.const_data_ptr<scalar_t>() : nullptr;
     const int64_t* y = G.probabilities ? nullptr : in.t.const_data_ptr<int64_t>();
-    const scalar_t* w = in.w.defined() ? in.w.const_data_ptr<scalar_t>() : nullptr;
-    const double* l = lse.contiguous().const_data_ptr<double>();
+    const Tensor w_t = weights_in<T>(in.w);
+    const T* w = w_t.defined() ? w_t.const_data_ptr<T>() : nullptr;
+    T W = G.C;
+    if (w) W = std::accumulate(w, w + G.C, T(0));
+    const double D = red == Reduction::Mean ? mean_denominator(G, y, w, ignore_index) : 1.0;
+    const double* lse_in = lse_c.const_data_ptr<double>();
     const scalar_t* g = dy.const_data_ptr<scalar_t>();
     scalar_t* gx = output_mask[0] ? grad_input.mutable_data_ptr<scalar_t>() : nullptr;
     scalar_t* gt = output_mask[1] ? grad_target.mutable_data_ptr<scalar_t>() : nullptr;
-    const acc_t eps = std::max(label_smoothing, 0.0);
-    at::parallel_for(0, G.R(), kGrain, [&](int64_t begin, int64_t end) {
-      std::vector<acc_t> q(G.C);
+    const T eps = std::max(label_smoothing, 0.0);
+    at::parallel_for(0, G.R(), grain_rows(G.C), [&](int64_t begin, int64_t end) {
+      std::vector<T> scratch(rows.direct() ? 0 : G.C), out_scratch(rows.direct() || !gx ? 0 : G.C);
       for (int64_t r = begin; r < end; ++r) {
-        const int64_t base = (r / G.S) * G.C * G.S + r % G.S;
+        const int64_t base = rows.base(r);
+        const T* xr = rows.row(r, scratch.data());
+        const T l = lse_in[r];
         const bool ignored = !G.probabilities && y[r] == ignore_index;
-        const acc_t Q = row_weights<scalar_t, acc_t>(G, r, t, y, w, ignore_index, eps, q.data());
         // An ignored row has no loss term, so zero gradient even when D = 0.
-        const acc_t g_r = ignored ? acc_t(0) : acc_t(g[red == Reduction::None ? r : 0]) / denominator;
-        for (int64_t c = 0; c < G.C; ++c) {
-          const int64_t i = base + c * G.S;
-          const acc_t log_p = acc_t(x[i]) - acc_t(l[r]);
-          if (gx) gx[i] = ignored ? scalar_t(0) : scalar_t(g_r * (Q * std::exp(opmath_t(log_p)) - q[c]));
-          if (gt) gt[i] = scalar_t(-g_r * (1 - eps) * (w ? acc_t(w[c]) : acc_t(1)) * log_p);
+        const T g_r = ignored ? T(0) : T(double(g[red == Reduction::None ? r : 0]) / D);
+        if (gt) {
+          for (int64_t c = 0; c < G.C; ++c) {
+            gt[base + c * G.S] = scalar_t(-g_r * (1 - eps) * (w ? w[c] : T(1)) * (xr[c] - l));
+          }
         }
+        if (!gx) continue;
+        T* out = rows.out_row(gx, r, out_scratch.data());
+        if (ignored) {
+          std::fill(out, out + G.C, T(0));
+        } else if (G.probabilities) {
+          const scalar_t* tr = t + base;
+          auto q = [&](int64_t c) { return (w ? w[c] : T(1)) * ((1 - eps) * T(tr[c * G.S]) + eps / G.C); };
+          T Q = 0;
+          for (int64_t c = 0; c < G.C; ++c) Q += q(c);
+          row_scaled_softmax(xr, G.C, l, g_r * Q, w, T(0), out);
+          for (int64_t c = 0; c < G.C; ++c) out[c] -= g_r * q(c);
+        } else {
+          const T target_weight = (1 - eps) * (w ? w[y[r]] : T(1));
+          row_scaled_softmax(xr, G.C, l, g_r * (eps / G.C * W + target_weight), w, -g_r * eps / G.C, out);
+          out[y[r]] -= g_r * target_weight;
+        }
+        rows.store(gx, r, out);
       }
     });
   });
   return {grad_input, grad_target};
+}
+
+using ForwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                              std::string_view, int64_t, double);
+using BackwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&,
+                                               const std::optional<Tensor>&, const Tensor&, std::string_view, int64_t,
+                                               double, std::array<bool, 2>);
+
+// The autograd kernel of cross_entropy_forward: CrossEntropyFunction's derivatives
+// (manual_ops/ops/cross_entropy.py), in C++. lse is not differentiable; the backward is
+// cross_entropy_backward, differentiable through that op's autograd kernel (CrossEntropyBackward).
+struct CrossEntropyAutograd : public torch::autograd::Function<CrossEntropyAutograd> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
+                               const std::optional<Tensor>& weight, std::string_view reduction, int64_t ignore_index,
+                               double label_smoothing) {
+    static const auto op = operator_handle<ForwardSig>("manual_ops::cross_entropy_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [loss, lse] = op.call(input, target, weight, reduction, ignore_index, label_smoothing);
+    ctx->mark_non_differentiable({lse});
+    ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
+    ctx->saved_data["reduction"] = std::string(reduction);
+    ctx->saved_data["ignore_index"] = ignore_index;
+    ctx->saved_data["label_smoothing"] = label_smoothing;
+    return {loss, lse};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = operator_handle<BackwardSig>("manual_ops::cross_entropy_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const std::optional<Tensor> weight = saved[2].defined() ? std::optional<Tensor>(saved[2]) : std::nullopt;
+    auto [grad_input, grad_target] = call_backward_op(
+        op, grads[0], saved[0], saved[1], weight, saved[3], ctx->saved_data["reduction"].toStringRef(),
+        ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
+        std::array<bool, 2>{ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
+    return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor> cross_entropy_forward_autograd(const Tensor& input, const Tensor& target,
+                                                          const std::optional<Tensor>& weight,
+                                                          std::string_view reduction, int64_t ignore_index,
+                                                          double label_smoothing) {
+  const variable_list out =
+      CrossEntropyAutograd::apply(input, target, weight, reduction, ignore_index, label_smoothing);
+  return {out[0], out[1]};
 }
 
 }  // namespace
@@ -245,5 +461,7 @@ TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
   m.impl("cross_entropy_forward", &cross_entropy_forward);
   m.impl("cross_entropy_backward", &cross_entropy_backward);
 }
+
+TORCH_LIBRARY_IMPL(manual_ops, Autograd, m) { m.impl("cross_entropy_forward", &cross_entropy_forward_autograd); }
 
 }  // namespace manual_ops

@@ -3,6 +3,7 @@
 //
 // bfloat16 and float16 matrices are multiplied in float32 tiles: a tile of rows is
 // converted to float32, multiplied by an sgemm, and the result rounded once.
+#include "autograd_kernel.h"
 #include "common.h"
 
 #include <algorithm>
@@ -126,11 +127,45 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, co
   return {grad_input, grad_weight, grad_bias};
 }
 
+using ForwardSig = Tensor(const Tensor&, const Tensor&, const std::optional<Tensor>&);
+using BackwardSig =
+    std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
+
+// The autograd kernel of linear_forward: LinearFunction's derivatives (manual_ops/ops/linear.py),
+// in C++; the backward is linear_backward, differentiable through that op's autograd kernel
+// (LinearBackward).
+struct LinearAutograd : public torch::autograd::Function<LinearAutograd> {
+  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
+                        const std::optional<Tensor>& bias) {
+    static const auto op = operator_handle<ForwardSig>("manual_ops::linear_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    ctx->save_for_backward({input, weight});
+    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
+    return op.call(input, weight, bias);
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = operator_handle<BackwardSig>("manual_ops::linear_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    auto [grad_input, grad_weight, grad_bias] = call_backward_op(
+        op, grads[0], saved[0], saved[1],
+        std::array<bool, 3>{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
+                            ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)});  // edges: tensors only
+    return {grad_input, grad_weight, grad_bias};
+  }
+};
+
+Tensor linear_forward_autograd(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias) {
+  return LinearAutograd::apply(input, weight, bias);
+}
+
 }  // namespace
 
 TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
   m.impl("linear_forward", &linear_forward);
   m.impl("linear_backward", &linear_backward);
 }
+
+TORCH_LIBRARY_IMPL(manual_ops, Autograd, m) { m.impl("linear_forward", &linear_forward_autograd); }
 
 }  // namespace manual_ops

@@ -1,5 +1,7 @@
 """Argument normalisation shared by the functional ops and modules."""
 import torch
+from torch._functorch import utils as _functorch_utils
+from torch.autograd import forward_ad as _forward_ad
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
@@ -27,29 +29,73 @@ def pair(value, name: str, op: str = "convolution") -> tuple[int, int]:
 
 
 def register_autograd(op: str, function: type) -> None:
-    """Gives the forward op ``op`` an autograd kernel made of ``function``'s setup_context and
-    backward, so that ``torch.ops.manual_ops.*`` called directly differentiates exactly as the
-    ``torch.autograd.Function`` does (instead of autograd's warn-and-ignore fallback)."""
+    """Gives the op ``op`` (a forward op, or a backward op whose forward op has a C++ autograd kernel)
+    an autograd kernel made of ``function``'s setup_context and backward, so that
+    ``torch.ops.manual_ops.*`` called directly differentiates exactly as the ``torch.autograd.Function``
+    does (instead of autograd's warn-and-ignore fallback)."""
     torch.library.register_autograd(op, function.backward, setup_context=function.setup_context)
 
 
-def applier(function: type, op=None):
-    """``function.apply``, as the public wrappers call it, but for two cases:
+def fast_apply(function: type, op=None):
+    """``function.apply`` without the Python work that ``torch.autograd.Function.apply`` does on every
+    call to support default arguments (an ``inspect.signature`` bind, tens of microseconds, more than
+    a small op's kernel): for callers that pass every argument of ``function.forward`` positionally,
+    which makes that bind an identity. Given ``op``, the operator that ``function.forward`` calls with
+    the same arguments, it is ``op`` itself while grad mode is off (a backward pass without
+    ``create_graph``): the Function would record nothing. Under torch.compile and functorch transforms
+    (torch.func) it is ``function.apply`` itself, which they trace or route through the transforms."""
+    apply_to_args = super(torch.autograd.Function, function).apply  # what Function.apply ends in
+
+    def apply(*args):
+        if torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active():
+            return function.apply(*args)
+        if op is not None and not torch.is_grad_enabled():
+            return op(*args)
+        return apply_to_args(*_functorch_utils.unwrap_dead_wrappers(args))
+
+    return apply
+
+
+def below_autograd(op):
+    """``op`` called past its autograd kernel, for the ``forward`` of the ``torch.autograd.Function``
+    that is that kernel (see :func:`register_autograd`): there autograd records nothing anyway, and the
+    kernel, being Python, would cost more than a small op's computation."""
+    def call(*args):
+        if torch.compiler.is_compiling():  # traced as a plain call
+            return op(*args)
+        with torch._C._AutoDispatchBelowAutograd():
+            return op(*args)
+
+    return call
+
+
+def applier(function: type, op=None, native_autograd: bool = False):
+    """``function.apply`` (as :func:`fast_apply`), as the public wrappers call it, but for these cases:
 
     - under torch.compile, a subclass of ``function`` without its custom ``jvp`` (Dynamo cannot trace
       one; a compiled graph runs no forward-mode AD, so nothing is lost);
     - under autocast for the first argument's device, when ``op`` is given: the operator ``op`` itself
-      (whose autograd kernel is ``function``'s, see :func:`register_autograd`), so that its autocast
-      kernel (csrc/autocast.cpp) casts the inputs before its autograd kernel records them, as for
-      torch's own ops: autograd then saves the cast tensors and casts the gradients back to the
-      inputs' dtypes. Inside ``function.forward`` the cast would come too late.
+      (whose autograd kernel has ``function``'s derivatives, see :func:`register_autograd`), so that its
+      autocast kernel (csrc/autocast.cpp) casts the inputs before its autograd kernel records them, as
+      for torch's own ops: autograd then saves the cast tensors and casts the gradients back to the
+      inputs' dtypes. Inside ``function.forward`` the cast would come too late;
+    - with ``native_autograd`` (``op``'s autograd kernel is C++ with ``function``'s derivatives, see
+      csrc/autograd_kernel.h), ``op`` itself whenever neither forward-mode AD nor a torch.func
+      transform is active, the cases that need ``function`` (its ``jvp``): the C++ kernel costs no Python.
     """
     without_jvp = type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
+    apply_function = fast_apply(function)
 
     def apply(*args):
-        device = args[0].device.type
-        if op is not None and torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+        compiling = torch.compiler.is_compiling()
+        if op is not None and (compiling or torch._C._is_any_autocast_enabled()):  # the latter: a fast no
+            device = args[0].device.type
+            if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
+                return op(*args)
+        if compiling:
+            return without_jvp.apply(*args)
+        if native_autograd and _forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active():
             return op(*args)
-        return (without_jvp if torch.compiler.is_compiling() else function).apply(*args)
+        return apply_function(*args)
 
     return apply

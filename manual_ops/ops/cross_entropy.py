@@ -2,9 +2,11 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, register_autograd
+from .._utils import applier, below_autograd, fast_apply, register_autograd
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.cross_entropy_forward)
+_backward_op = below_autograd(_ops.cross_entropy_backward)
 
 
 def _row_size(input):
@@ -38,7 +40,7 @@ class CrossEntropyFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, target, weight, reduction, ignore_index, label_smoothing):
-        return _ops.cross_entropy_forward(input, target, weight, reduction, ignore_index, label_smoothing)
+        return _forward_op(input, target, weight, reduction, ignore_index, label_smoothing)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -53,7 +55,7 @@ class CrossEntropyFunction(torch.autograd.Function):
     def backward(ctx, grad_loss, grad_lse):
         input, target, weight, lse = ctx.saved_tensors
         mask = list(ctx.needs_input_grad[:2])
-        grad_input, grad_target = CrossEntropyBackward.apply(grad_loss, input, target, weight, lse, *ctx.options, mask)
+        grad_input, grad_target = _backward_apply(grad_loss, input, target, weight, lse, *ctx.options, mask)
         return grad_input, grad_target, None, None, None, None
 
     @staticmethod
@@ -63,7 +65,7 @@ class CrossEntropyFunction(torch.autograd.Function):
         return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
 
 
-_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward)
+_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):
@@ -99,8 +101,8 @@ class CrossEntropyBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing, output_mask):
-        return _ops.cross_entropy_backward(grad_loss, input, target, weight, lse, reduction, ignore_index,
-                                           label_smoothing, output_mask)
+        return _backward_op(grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
+                            output_mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -157,7 +159,10 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
     return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
 
 
-register_autograd("manual_ops::cross_entropy_forward", CrossEntropyFunction)
+_backward_apply = fast_apply(CrossEntropyBackward, _backward_op)
+# cross_entropy_forward's autograd kernel is C++ (with CrossEntropyFunction's derivatives);
+# its backward op's is CrossEntropyBackward
+register_autograd("manual_ops::cross_entropy_backward", CrossEntropyBackward)
 
 
 def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-100, reduce=None, reduction="mean",

@@ -1,10 +1,12 @@
 """linear: the autograd wiring around ``manual_ops::linear_forward`` / ``linear_backward``."""
 import torch
 
-from .._utils import applier, register_autograd
+from .._utils import applier, below_autograd, fast_apply, register_autograd
 from ._bilinear import bilinear_double_backward, bilinear_sum
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.linear_forward)
+_backward_op = below_autograd(_ops.linear_backward)
 
 
 @torch.library.register_fake("manual_ops::linear_forward")
@@ -31,7 +33,7 @@ class LinearFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, weight, bias):
-        return _ops.linear_forward(input, weight, bias)
+        return _forward_op(input, weight, bias)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -43,15 +45,16 @@ class LinearFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         input, weight = ctx.saved_tensors
-        return LinearBackward.apply(grad_output, input, weight, list(ctx.needs_input_grad))
+        return _backward_apply(grad_output, input, weight, list(ctx.needs_input_grad))
 
     @staticmethod
     def jvp(ctx, d_input, d_weight, d_bias):
         input, weight = ctx.saved_tensors
-        return bilinear_sum(_ops.linear_forward, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
+        # linear's own applier: under torch.func the tangents need the Python Function (not the C++ kernel)
+        return bilinear_sum(_linear_apply, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
 
-_linear_apply = applier(LinearFunction, _ops.linear_forward)
+_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True)
 
 
 class LinearBackward(torch.autograd.Function):
@@ -63,7 +66,7 @@ class LinearBackward(torch.autograd.Function):
 
     @staticmethod
     def forward(grad_output, input, weight, output_mask):
-        return _ops.linear_backward(grad_output, input, weight, output_mask)
+        return _backward_op(grad_output, input, weight, output_mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -78,7 +81,9 @@ class LinearBackward(torch.autograd.Function):
         return *grads, None
 
 
-register_autograd("manual_ops::linear_forward", LinearFunction)
+_backward_apply = fast_apply(LinearBackward, _backward_op)
+# linear_forward's autograd kernel is C++ (with LinearFunction's derivatives); its backward op's is LinearBackward
+register_autograd("manual_ops::linear_backward", LinearBackward)
 
 
 def linear(input, weight, bias=None):

@@ -1,9 +1,10 @@
 """relu: the autograd wiring around ``manual_ops::relu_forward`` / ``relu_`` / ``relu_backward``."""
 import torch
 
-from .._utils import applier
+from .._utils import applier, below_autograd, fast_apply
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.relu_forward)
 
 
 @torch.library.register_fake("manual_ops::relu_forward")
@@ -34,7 +35,7 @@ class ReLUFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, inplace):
         if not inplace:
-            return _ops.relu_forward(input)
+            return _forward_op(input)
         _ops.relu_(input)
         return input
 
@@ -48,7 +49,7 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_output):
-        return ReLUBackward.apply(grad_output, ctx.saved_tensors[0]), None
+        return _backward_apply(grad_output, ctx.saved_tensors[0]), None
 
     @staticmethod
     def jvp(ctx, d_input, _):
@@ -78,12 +79,15 @@ class ReLUBackward(torch.autograd.Function):
     def backward(ctx, grad_grad_input):
         return ReLUBackward.apply(grad_grad_input, ctx.saved_tensors[0]), None
 
+_backward_apply = fast_apply(ReLUBackward, _ops.relu_backward)
+
+
 def _relu_op_setup_context(ctx, inputs, output):
     ctx.save_for_backward(output)
 
 
 def _relu_op_backward(ctx, grad_output):
-    return ReLUBackward.apply(grad_output, ctx.saved_tensors[0])
+    return _backward_apply(grad_output, ctx.saved_tensors[0])
 
 
 # relu_forward called directly differentiates like ReLUFunction (which also covers in-place use).
