@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, memory_format_of
+from .._utils import applier, fast_apply, memory_format_of
 
 _ops = torch.ops.manual_ops
 
@@ -70,11 +70,8 @@ class BatchNormFunction(torch.autograd.Function):
         input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
         needs = ctx.needs_input_grad
         mask = [needs[0], needs[1], needs[2]]
-        # The differentiable backward only when a graph of it is being built (create_graph=True),
-        # else the op alone, without a second autograd.Function's overhead.
-        backward = BatchNormBackward.apply if torch.is_grad_enabled() else BatchNormBackward.forward
-        grad_input, grad_weight, grad_bias = backward(grad_output, input, weight, bias, save_mean, save_invstd,
-                                                      *ctx.bn_args, mask)
+        grad_input, grad_weight, grad_bias = _batch_norm_backward(grad_output, input, weight, bias, save_mean,
+                                                                  save_invstd, *ctx.bn_args, mask)
         return grad_input, grad_weight, grad_bias, None, None, None, None, None, None, None, None
 
     @staticmethod
@@ -210,6 +207,9 @@ class BatchNormBackward(torch.autograd.Function):
         if needs[2] and ggx is not None:
             d_weight = save_invstd * ch.sum(ggx * delta)
         return d_grad_output, d_input, d_weight, None, None, None, None, None, None, None
+
+
+_batch_norm_backward = fast_apply(BatchNormBackward, _ops.batch_norm_backward)
 
 
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,

@@ -1,7 +1,7 @@
 """Pooling: the autograd wiring around ``manual_ops::{max,avg,adaptive_avg}_pool2d_{forward,backward}``."""
 import torch
 
-from .._utils import applier, memory_format_of, register_autograd
+from .._utils import applier, fast_apply, memory_format_of, register_autograd
 
 _ops = torch.ops.manual_ops
 
@@ -77,13 +77,6 @@ def _adaptive_avg_pool2d_backward_fake(grad_output, input):
     return torch.empty_like(input, memory_format=memory_format_of(input))
 
 
-def _backward(function):
-    """How a backward calls ``function``, the autograd.Function of a backward op: ``function.apply``
-    when a graph of the backward is being built (``create_graph=True``), else its ``forward`` (the op
-    alone), without a second autograd.Function's overhead."""
-    return function.apply if torch.is_grad_enabled() else function.forward
-
-
 def _gather_windows(values, indices):
     """``values[..., indices]`` per plane: the value at each window's saved argmax (0 where a
     window lies wholly in the padding, index -1). The adjoint of max_pool2d_backward."""
@@ -113,7 +106,7 @@ class MaxPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output, grad_indices):
         input, indices = ctx.saved_tensors
-        grad_input = _backward(MaxPool2dBackward)(grad_output, input, indices) if ctx.needs_input_grad[0] else None
+        grad_input = _max_backward(grad_output, input, indices) if ctx.needs_input_grad[0] else None
         return grad_input, None, None, None, None, None
 
     @staticmethod
@@ -144,6 +137,7 @@ class MaxPool2dBackward(torch.autograd.Function):
         return _gather_windows(grad_grad_input, indices), None, None
 
 
+_max_backward = fast_apply(MaxPool2dBackward, _ops.max_pool2d_backward)
 register_autograd("manual_ops::max_pool2d_forward", MaxPool2dFunction)
 
 
@@ -168,7 +162,7 @@ class AvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = (_backward(AvgPool2dBackward)(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0]
+        grad_input = (_avg_backward(grad_output, input, *ctx.pool_args) if ctx.needs_input_grad[0]
                       else None)
         return grad_input, None, None, None, None, None, None
 
@@ -199,6 +193,7 @@ class AvgPool2dBackward(torch.autograd.Function):
     def backward(ctx, grad_grad_input):
         return AvgPool2dFunction.apply(grad_grad_input, *ctx.pool_args), None, None, None, None, None, None, None
 
+_avg_backward = fast_apply(AvgPool2dBackward, _ops.avg_pool2d_backward)
 register_autograd("manual_ops::avg_pool2d_forward", AvgPool2dFunction)
 
 
@@ -222,7 +217,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (input,) = ctx.saved_tensors
-        grad_input = _backward(AdaptiveAvgPool2dBackward)(grad_output, input) if ctx.needs_input_grad[0] else None
+        grad_input = _adaptive_backward(grad_output, input) if ctx.needs_input_grad[0] else None
         return grad_input, None
 
     @staticmethod
@@ -251,6 +246,7 @@ class AdaptiveAvgPool2dBackward(torch.autograd.Function):
         return AdaptiveAvgPool2dFunction.apply(grad_grad_input, ctx.output_size), None
 
 
+_adaptive_backward = fast_apply(AdaptiveAvgPool2dBackward, _ops.adaptive_avg_pool2d_backward)
 register_autograd("manual_ops::adaptive_avg_pool2d_forward", AdaptiveAvgPool2dFunction)
 
 
