@@ -106,6 +106,16 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
   const View<TC> C = transpose ? C_in.t() : C_in;
   const int64_t M = C.rows.size, N = C.cols.size, K = A.cols.size;
   if (M == 0 || N == 0) return;
+  if (K == 0) {  // an empty sum: C = bias (or C += bias)
+    for (int64_t i = 0; i < M; ++i) {
+      for (int64_t j = 0; j < N; ++j) {
+        TC& out = C.data[C.rows.offset(i) + C.cols.offset(j)];
+        const float b = bias == nullptr ? 0.f : bias[transpose ? i : j];
+        out = static_cast<TC>((accumulate ? static_cast<float>(out) : 0.f) + b);
+      }
+    }
+    return;
+  }
   const int64_t threads = at::get_num_threads();
   // At least two blocks of rows per thread when M allows, for balance.
   const int64_t mc_max = std::clamp(round_up((M + 2 * threads - 1) / (2 * threads), MR), MR, MC);
@@ -120,23 +130,49 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
       pack_panels<NR>(B.t(), j, std::min(NR, N - j), pc, kc, b_pack.data() + pc * n_padded + j * kc);
     }
   });
+  // A float32 C of unit column stride (and no bias) is updated in place by the micro-kernel: no
+  // float32 block and no epilogue pass over C (an edge tile goes through a small tile buffer).
+  float* c_float = nullptr;
+  if constexpr (std::is_same_v<TC, float>) {
+    if (bias == nullptr && C.rows.is_plain() && C.cols.is_plain() && C.cols.stride == 1) c_float = C.data;
+  }
+  const bool in_place = c_float != nullptr;
   at::parallel_for(0, (M + mc_max - 1) / mc_max, 1, [&](int64_t begin, int64_t end) {
-    std::vector<float> a_pack(mc_max * kc_max), acc(mc_max * nc_max);
+    std::vector<float> a_pack(mc_max * kc_max), acc(in_place ? 0 : mc_max * nc_max);
     std::vector<int64_t> col_offset(nc_max);
+    alignas(32) float tile[MR * NR];
     for (int64_t block = begin; block < end; ++block) {
       const int64_t ic = block * mc_max, mc = std::min(mc_max, M - ic);
       for (int64_t jc = 0; jc < N; jc += NC) {
         const int64_t nc = std::min(NC, N - jc);
-        std::fill(acc.begin(), acc.end(), 0.f);
         for (int64_t pc = 0; pc < K; pc += KC) {
           const int64_t kc = std::min(KC, K - pc);
           pack_panels<MR>(A, ic, mc, pc, kc, a_pack.data());
           const float* b_block = b_pack.data() + pc * n_padded + jc * kc;
-          for (int64_t jr = 0; jr < nc; jr += NR)
-            for (int64_t ir = 0; ir < mc; ir += MR)
-              micro_kernel(kc, a_pack.data() + ir * kc, b_block + jr * kc, acc.data() + ir * nc_max + jr, nc_max,
-                           pc > 0);
+          for (int64_t jr = 0; jr < nc; jr += NR) {
+            for (int64_t ir = 0; ir < mc; ir += MR) {
+              const float* a = a_pack.data() + ir * kc;
+              if (!in_place) {
+                micro_kernel(kc, a, b_block + jr * kc, acc.data() + ir * nc_max + jr, nc_max, pc > 0);
+                continue;
+              }
+              const bool add = accumulate || pc > 0;
+              float* c = c_float + (ic + ir) * C.rows.stride + jc + jr;
+              const int64_t m = std::min(MR, mc - ir), n = std::min(NR, nc - jr);
+              if (m == MR && n == NR) {
+                micro_kernel(kc, a, b_block + jr * kc, c, C.rows.stride, add);
+                continue;
+              }
+              micro_kernel(kc, a, b_block + jr * kc, tile, NR, false);
+              for (int64_t i = 0; i < m; ++i)
+                for (int64_t j = 0; j < n; ++j) {
+                  float& out = c[i * C.rows.stride + j];
+                  out = (add ? out : 0.f) + tile[i * NR + j];
+                }
+            }
+          }
         }
+        if (in_place) continue;
         // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
         for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
         for (int64_t i = 0; i < mc; ++i) {

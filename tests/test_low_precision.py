@@ -88,6 +88,16 @@ def test_conv2d_small_image_many_channels(dtype, k, groups):
 
 
 @pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("hw", [12, 16])
+def test_conv2d_long_sums(dtype, hw):
+    """Sums longer than one of the GEMM's depth blocks (256): grad_input over 300 output channels, grad_weight
+    over 4 * hw * hw pixels (rounded from one GEMM at hw=12, summed in float32 at hw=16)."""
+    x = _x(4, 16, hw, hw)
+    w = (torch.randn(300, 16, 1, 1, dtype=torch.float64) / 4).requires_grad_()
+    check_accuracy(mF.conv2d, F.conv2d, [x, w], [dtype, dtype])
+
+
+@pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("shape,bias", [((5, 16), True), ((2, 3, 16), False), ((16,), True), ((300, 16), True)])
 def test_linear(dtype, shape, bias):
     inputs = [_x(*shape), _x(7, 16), _x(7)][:3 if bias else 2]
