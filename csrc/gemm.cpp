@@ -191,9 +191,18 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
   });
 }
 
-// A Matrix as a dense 2-D tensor for at::mm: a view where its dims are plain, else a copy
-// (a split dim of size s * split is two tensor dims, (s, split), merged by reshape).
+// A Matrix as a tensor view of its storage, for at::mm: 2-D where its dims are plain (the
+// tensor it was made from, or its transpose, when it is one of those), else with a split dim of
+// size s * split as two dims (s, split).
 Tensor as_tensor(const Matrix& m) {
+  if (m.offset == 0 && m.t.dim() == 2 && m.rows.is_plain() && m.cols.is_plain()) {
+    const auto is = [&](const Tensor& t) {
+      return t.size(0) == m.rows.size && t.size(1) == m.cols.size && t.stride(0) == m.rows.stride &&
+             t.stride(1) == m.cols.stride;
+    };
+    if (is(m.t)) return m.t;
+    if (is(m.t.t())) return m.t.t();
+  }
   std::vector<int64_t> sizes, strides;
   for (const Dim& d : {m.rows, m.cols}) {
     if (d.is_plain()) {
@@ -223,11 +232,16 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
               "manual_ops matmul: mismatched sizes (", A.rows.size, " x ", A.cols.size, ") @ (", B.rows.size, " x ",
               B.cols.size, ") into (", C.rows.size, " x ", C.cols.size, ")");
   if (!own_gemm(t)) {
-    const Tensor a = as_tensor(A).reshape({A.rows.size, A.cols.size}).to(out_type);
-    const Tensor b = as_tensor(B).reshape({B.rows.size, B.cols.size}).to(out_type);
-    const Tensor bias_c = bias.defined() ? bias.to(out_type) : bias;
+    // at::mm in the opmath dtype (float32 for bfloat16/float16 operands), rounded once into C.
+    const at::ScalarType ct = at::toOpMathType(t);
+    const auto operand = [&](const Matrix& m) {  // 2-D, in the opmath dtype (a copy only where needed)
+      const Tensor t = as_tensor(m);
+      return (t.dim() == 2 ? t : t.reshape({m.rows.size, m.cols.size})).to(ct);
+    };
+    const Tensor a = operand(A), b = operand(B);
+    const Tensor bias_c = bias.defined() ? bias.to(ct) : bias;
     Tensor c = as_tensor(C);
-    if (c.dim() != 2) {  // a split dimension: the product is made apart and then stored
+    if (c.dim() != 2 || out_type != ct) {  // a split dimension or a 16-bit C: the product is made apart
       const Tensor product = (bias_c.defined() ? at::addmm(bias_c, a, b) : at::mm(a, b)).view(c.sizes());
       accumulate ? c.add_(product) : c.copy_(product);
     } else if (accumulate) {
@@ -238,7 +252,7 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
     }
     return;
   }
-  const Tensor bias_values = bias.defined() ? bias.contiguous() : bias;  // e.g. an expanded bias has stride 0
+  const Tensor bias_values = bias.defined() ? bias.to(at::kFloat).contiguous() : bias;  // an expanded bias has stride 0
   const float* bias_data = bias.defined() ? bias_values.const_data_ptr<float>() : nullptr;
   AT_DISPATCH_REDUCED_FLOATING_TYPES(t, "manual_ops_matmul", [&] {
     const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};

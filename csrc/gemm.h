@@ -47,7 +47,8 @@ bool own_gemm(at::ScalarType t);
 Matrix matrix(const Tensor& t);
 
 // C = A @ B + bias, or C += A @ B + bias when `accumulate`: A and B of one dtype, C of theirs or
-// float32, bias float32 (one value per column of C) or undefined. Float32 arithmetic, rounded once
+// float32, bias (one value per column of C, any floating dtype) or undefined. Arithmetic in the
+// opmath dtype (float32 for bfloat16/float16, float64 for float64), rounded once
 // into C. Threads: its own parallel region; call it outside one.
 void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, const Tensor& bias = Tensor());
 

@@ -1,54 +1,16 @@
 // Fully connected layer y = x W^T + b over any leading dims, with the backward
 // written by hand. Derivation: docs/derivations.md, "linear".
 //
-// bfloat16 and float16 matrices are multiplied in float32 tiles: a tile of rows is
-// converted to float32, multiplied by an sgemm, and the result rounded once.
+// The GEMMs are matmul()'s (gemm.h): at::mm for float32 and float64; for bfloat16 and float16,
+// float32 arithmetic on operands converted as they are packed, rounded once.
 #include "autograd_kernel.h"
 #include "common.h"
+#include "gemm.h"
 
-#include <algorithm>
 #include <tuple>
 
 namespace manual_ops {
 namespace {
-
-constexpr int64_t kTileBytes = 4 << 20;  // float32 scratch per tile of rows
-
-// Rows per tile when each row takes `width` float32 values of scratch (at least one row).
-int64_t tile_rows(int64_t M, int64_t width) {
-  return std::clamp<int64_t>(kTileBytes / (4 * std::max<int64_t>(width, 1)), 1, std::max<int64_t>(M, 1));
-}
-
-// out = a @ b (+ bias) for a low-precision (M, k) a, float32 b (k, n) and bias (n): a tile of
-// rows of a at a time is converted to float32, multiplied (one sgemm), and rounded into out.
-void mm_in_float_tiles(const Tensor& a, const Tensor& b, const Tensor& bias, Tensor& out) {
-  const int64_t M = a.size(0), T = tile_rows(M, a.size(1) + b.size(1));
-  Tensor a_f = at::empty({T, a.size(1)}, b.options()), y_f = at::empty({T, b.size(1)}, b.options());
-  for (int64_t r0 = 0; r0 < M; r0 += T) {
-    const int64_t n = std::min(T, M - r0);
-    Tensor a_t = a_f.narrow(0, 0, n), y_t = y_f.narrow(0, 0, n);
-    a_t.copy_(a.narrow(0, r0, n));
-    bias.defined() ? at::addmm_out(y_t, bias, a_t, b) : at::mm_out(y_t, a_t, b);
-    out.narrow(0, r0, n).copy_(y_t);
-  }
-}
-
-// a^T @ c in float32 for low-precision a (M, m) and c (M, n): the sum over tiles of rows of
-// the tiles' products, each tile converted to float32; returns the float32 (m, n) sum.
-Tensor mm_t_in_float_tiles(const Tensor& a, const Tensor& c) {
-  const at::TensorOptions f32 = a.options().dtype(at::kFloat);
-  const int64_t M = a.size(0), T = tile_rows(M, a.size(1) + c.size(1));
-  Tensor a_f = at::empty({T, a.size(1)}, f32), c_f = at::empty({T, c.size(1)}, f32);
-  Tensor sum = at::zeros({a.size(1), c.size(1)}, f32);
-  for (int64_t r0 = 0; r0 < M; r0 += T) {
-    const int64_t n = std::min(T, M - r0);
-    Tensor a_t = a_f.narrow(0, 0, n), c_t = c_f.narrow(0, 0, n);
-    a_t.copy_(a.narrow(0, r0, n));
-    c_t.copy_(c.narrow(0, r0, n));
-    sum.addmm_(a_t.t(), c_t);
-  }
-  return sum;
-}
 
 void check_linear(const char* op, const Tensor& input, const Tensor& weight) {
   TORCH_CHECK(input.dim() >= 1, op, ": expected input to have at least 1 dimension, but got input of size ",
@@ -87,12 +49,8 @@ Tensor linear_forward(const Tensor& input, const Tensor& weight, const std::opti
                 bias->sizes());
   }
   const Tensor x = rows(input);
-  if (is_reduced_floating(input.scalar_type())) {
-    Tensor y = at::empty({x.size(0), weight.size(0)}, input.options());
-    mm_in_float_tiles(x, weight.to(at::kFloat).t(), has_bias ? bias->to(at::kFloat) : Tensor(), y);
-    return y.view(output_size(input, weight));
-  }
-  const Tensor y = has_bias ? at::addmm(*bias, x, weight.t()) : at::mm(x, weight.t());
+  Tensor y = at::empty({x.size(0), weight.size(0)}, input.options());
+  matmul(matrix(x), matrix(weight).transposed(), matrix(y), false, has_bias ? *bias : Tensor());
   return y.view(output_size(input, weight));
 }
 
@@ -112,16 +70,13 @@ std::tuple<Tensor, Tensor, Tensor> linear_backward(const Tensor& grad_output, co
   at::AutoDispatchBelowADInplaceOrView guard;
   const Tensor dy = rows(grad_output);
   Tensor grad_input, grad_weight, grad_bias;
-  if (is_reduced_floating(input.scalar_type())) {
-    if (output_mask[0]) {
-      grad_input = at::empty(input.sizes(), input.options());
-      Tensor dx = rows(grad_input);  // a view: grad_input is contiguous
-      mm_in_float_tiles(dy, weight.to(at::kFloat), Tensor(), dx);
-    }
-    if (output_mask[1]) grad_weight = mm_t_in_float_tiles(dy, rows(input)).to(weight.scalar_type());
-  } else {
-    if (output_mask[0]) grad_input = at::mm(dy, weight).view(input.sizes());
-    if (output_mask[1]) grad_weight = at::mm(dy.t(), rows(input));
+  if (output_mask[0]) {
+    grad_input = at::empty(input.sizes(), input.options());
+    matmul(matrix(dy), matrix(weight), matrix(rows(grad_input)), false);  // rows(): a view, grad_input is contiguous
+  }
+  if (output_mask[1]) {
+    grad_weight = at::empty(weight.sizes(), weight.options());
+    matmul(matrix(dy).transposed(), matrix(rows(input)), matrix(grad_weight), false);
   }
   if (output_mask[2]) grad_bias = dy.sum(0);
   return {grad_input, grad_weight, grad_bias};
