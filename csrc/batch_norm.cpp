@@ -13,9 +13,12 @@
 // eval, where torch saves nothing and its backward recomputes invstd in float32 from the
 // running stats, they are saved in float32 for bfloat16/float16 (stats_type below).
 #include "common.h"
+#include "cpu_capability.h"
+#include "vec_convert.h"
 
 #include <ATen/AccumulateType.h>
 
+#include <algorithm>
 #include <cmath>
 #include <tuple>
 #include <type_traits>
@@ -133,44 +136,133 @@ inline scalar_t lane_total(scalar_t* a) {
   return a[0];
 }
 
-// Run reduction s1 += sum_i t1(i), s2 += sum_i t2(i) over the elements i in [begin, end) of one
-// channel: opmath_t partial sums in kLanes lanes (so the loops vectorise) over chunks of at most
-// kChunk values, each chunk's total added to the acc_t sums. terms(i, a1, a2) adds t1(i) to a1
-// and t2(i) to a2.
-template <typename opmath_t, typename acc_t, typename Terms>
-inline void add_run_sums(int64_t begin, int64_t end, Terms terms, acc_t& s1, acc_t& s2) {
-  for (int64_t l0 = begin; l0 < end; l0 += kChunk) {
-    const int64_t l1 = std::min(end, l0 + kChunk);
-    opmath_t a1[kLanes] = {}, a2[kLanes] = {};
-    int64_t l = l0;
-    for (; l + kLanes <= l1; l += kLanes)
-      for (int j = 0; j < kLanes; ++j) terms(l + j, a1[j], a2[j]);
-    for (int j = 0; l < l1; ++l, ++j) terms(l, a1[j], a2[j]);
-    s1 += lane_total(a1), s2 += lane_total(a2);
+// The two sums of a pass over the input, per channel c over its values:
+//   S1 = sum (u - ku[c]),  S2 = sum (u - ku[c]) * (v - m[c]).
+// Forward (shifted moments): u = v = x and ku = m = the shift K; backward: u = delta, ku = 0,
+// v = x and m = mu.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+struct SumTerms {
+  const scalar_t* u;
+  const scalar_t* v;
+  std::vector<opmath_t> ku, m;
+};
+
+// The AVX2 versions of the loops below (see cpu_capability.h), for float32, bfloat16 and float16.
+// Two accumulators per sum (16 values a step) hide the add latency; they meet in the 8 lanes.
+// u == v (the forward's moments, where also ku == m): v - m is d, and v is not read again.
+template <typename T>
+MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void run_sums_avx2(const T* u, const T* v, int64_t n, float ku,
+                                                                         float m, float* l1, float* l2) {
+  __m256 a1 = _mm256_loadu_ps(l1), a2 = _mm256_loadu_ps(l2), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps();
+  const __m256 kv = _mm256_set1_ps(ku), mv = _mm256_set1_ps(m);
+  const bool same = u == v;
+  int64_t i = 0;
+  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
+    const __m256 d = _mm256_sub_ps(load8(u + i), kv), e = _mm256_sub_ps(load8(u + i + kLanes), kv);
+    a1 = _mm256_add_ps(a1, d), b1 = _mm256_add_ps(b1, e);
+    a2 = _mm256_fmadd_ps(d, same ? d : _mm256_sub_ps(load8(v + i), mv), a2);
+    b2 = _mm256_fmadd_ps(e, same ? e : _mm256_sub_ps(load8(v + i + kLanes), mv), b2);
+  }
+  for (; i + kLanes <= n; i += kLanes) {
+    const __m256 d = _mm256_sub_ps(load8(u + i), kv);
+    a1 = _mm256_add_ps(a1, d);
+    a2 = _mm256_fmadd_ps(d, same ? d : _mm256_sub_ps(load8(v + i), mv), a2);
+  }
+  _mm256_storeu_ps(l1, _mm256_add_ps(a1, b1)), _mm256_storeu_ps(l2, _mm256_add_ps(a2, b2));
+  for (int j = 0; i < n; ++i, ++j) {
+    const float d = float(u[i]) - ku;
+    l1[j] += d, l2[j] += d * (float(v[i]) - m);
   }
 }
 
-// Per-channel sums S1[c] = sum t1, S2[c] = sum t2 over the M values of each channel, where
-// terms(i, c, a1, a2) adds the terms of element i (flat offset; channel c) to a1 and a2. Memory is
-// read in order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C
-// values) split into at most kBlocks blocks of whole rows, each with its own acc_t sums of all C
-// channels; those are added in block order, so the result does not depend on the thread count.
-// Within a block, values are summed in opmath_t partial sums (allocated per block) flushed to the
-// acc_t sums every kChunk values per channel: a long NCL row by add_run_sums; short NCL rows
-// (L < kChunk) into kLanes lanes per channel, so that a row costs no horizontal reduction (the
-// lanes are reduced once per flush); NLC rows into one partial sum per channel.
-template <typename opmath_t, typename acc_t, typename Terms>
-void channel_sums(const Geometry& g, Terms terms, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+template <typename T>
+MANUAL_OPS_AVX2 void rows_sums_avx2(const T* u, const T* v, int64_t rows, int64_t L, int64_t c, int64_t C,
+                                    const float* ku, const float* m, float* l1, float* l2) {
+  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1)
+    run_sums_avx2(u + r * L, v + r * L, L, ku[c], m[c], l1 + c * kLanes, l2 + c * kLanes);
+}
+
+template <typename T>
+MANUAL_OPS_AVX2 void row_sums_avx2(const T* u, const T* v, int64_t C, const float* ku, const float* m, float* a1,
+                                   float* a2) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) {
+    const __m256 d = _mm256_sub_ps(load8(u + c), _mm256_loadu_ps(ku + c));
+    _mm256_storeu_ps(a1 + c, _mm256_add_ps(_mm256_loadu_ps(a1 + c), d));
+    _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(d, _mm256_sub_ps(load8(v + c), _mm256_loadu_ps(m + c)),
+                                             _mm256_loadu_ps(a2 + c)));
+  }
+  for (; c < C; ++c) {
+    const float d = float(u[c]) - ku[c];
+    a1[c] += d, a2[c] += d * (float(v[c]) - m[c]);
+  }
+}
+
+template <typename scalar_t, typename opmath_t>
+constexpr bool has_avx2_path = std::is_same_v<opmath_t, float>;  // float32, bfloat16, float16
+
+// Consecutive NCL rows of L values, row r of channel c (c0 for the first row, then cycling
+// through C), each into the kLanes lanes of its channel, l1[c * kLanes + j] and l2[...]: value i
+// of a row goes to lane j = i mod kLanes,
+//   l1[.. j] += u[i] - ku[c],  l2[.. j] += (u[i] - ku[c]) * (v[i] - m[c]).
+template <typename scalar_t, typename opmath_t>
+void rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
+               const opmath_t* ku, const opmath_t* m, opmath_t* l1, opmath_t* l2) {
+  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+    if (use_avx2()) return rows_sums_avx2(u, v, rows, L, c, C, ku, m, l1, l2);
+  }
+  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    const scalar_t *ur = u + r * L, *vr = v + r * L;
+    opmath_t a1[kLanes], a2[kLanes];  // local copies: stores to them cannot alias the input
+    std::copy_n(l1 + c * kLanes, kLanes, a1), std::copy_n(l2 + c * kLanes, kLanes, a2);
+    int64_t i = 0;
+    for (; i + kLanes <= L; i += kLanes) {
+      for (int j = 0; j < kLanes; ++j) {
+        const opmath_t d = opmath_t(ur[i + j]) - ku[c];
+        a1[j] += d, a2[j] += d * (opmath_t(vr[i + j]) - m[c]);
+      }
+    }
+    for (int j = 0; i < L; ++i, ++j) {
+      const opmath_t d = opmath_t(ur[i]) - ku[c];
+      a1[j] += d, a2[j] += d * (opmath_t(vr[i]) - m[c]);
+    }
+    std::copy_n(a1, kLanes, l1 + c * kLanes), std::copy_n(a2, kLanes, l2 + c * kLanes);
+  }
+}
+
+// One row of C channels (NLC): a1[c] += u[c] - ku[c],  a2[c] += (u[c] - ku[c]) * (v[c] - m[c]).
+template <typename scalar_t, typename opmath_t>
+void row_sums(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* ku, const opmath_t* m,
+              opmath_t* __restrict__ a1, opmath_t* __restrict__ a2) {
+  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+    if (use_avx2()) return row_sums_avx2(u, v, C, ku, m, a1, a2);
+  }
+  for (int64_t c = 0; c < C; ++c) {
+    const opmath_t d = opmath_t(u[c]) - ku[c];
+    a1[c] += d, a2[c] += d * (opmath_t(v[c]) - m[c]);
+  }
+}
+
+// Per-channel sums S1[c], S2[c] of SumTerms over the M values of each channel. Memory is read in
+// order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C values)
+// split into at most kBlocks blocks of whole rows, each with its own acc_t sums of all C channels;
+// those are added in block order, so the result does not depend on the thread count. Within a
+// block, values are summed in opmath_t partial sums (allocated per block) flushed to the acc_t
+// sums every kChunk values per channel: NCL rows into kLanes lanes per channel (a long
+// row in chunks of kChunk, short rows (L < kChunk) with the lanes kept across rows, so that a row
+// costs no horizontal reduction; rows_sums), NLC rows into one partial sum per channel (row_sums).
+template <typename scalar_t, typename opmath_t, typename acc_t>
+void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
   constexpr int64_t kBlocks = 16;
   const int64_t C = g.C, L = g.L, rows = g.nlc ? g.M() : g.N * C;
   const int64_t blocks = std::min(rows, kBlocks), per_block = blocks == 0 ? 0 : (rows + blocks - 1) / blocks;
   const bool short_rows = !g.nlc && L < kChunk;
   // Rows per flush: kChunk values of each channel (short NCL rows), or kChunk rows (NLC).
   const int64_t flush_rows = g.nlc ? kChunk : short_rows ? std::max<int64_t>(1, kChunk / std::max<int64_t>(1, L)) * C : 1;
-  const int64_t width = short_rows ? kLanes : 1;  // partial sums per channel
+  const int64_t width = g.nlc ? 1 : kLanes;  // partial sums per channel
   std::vector<acc_t> P1(blocks * C, 0), P2(blocks * C, 0);
   at::parallel_for(0, blocks, 1, [&](int64_t b0, int64_t b1) {
-    std::vector<opmath_t> a1(g.nlc || short_rows ? C * width : 0), a2(a1.size());
+    std::vector<opmath_t> a1(g.nlc || short_rows ? C * width : kLanes), a2(a1.size());
     for (int64_t b = b0; b < b1; ++b) {
       acc_t *s1 = P1.data() + b * C, *s2 = P2.data() + b * C;
       auto flush = [&] {
@@ -184,28 +276,25 @@ void channel_sums(const Geometry& g, Terms terms, std::vector<acc_t>& S1, std::v
       if (g.nlc) {
         for (int64_t q = r0; q < r1; q += flush_rows) {
           for (int64_t r = q; r < std::min(r1, q + flush_rows); ++r)
-            for (int64_t c = 0; c < C; ++c) terms(r * C + c, c, a1[c], a2[c]);
+            row_sums(t.u + r * C, t.v + r * C, C, t.ku.data(), t.m.data(), a1.data(), a2.data());
           flush();
         }
         continue;
       }
       if (!short_rows) {
         for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
-          add_run_sums<opmath_t>(r * L, (r + 1) * L,
-                                 [&](int64_t i, opmath_t& t1, opmath_t& t2) { terms(i, c, t1, t2); }, s1[c], s2[c]);
+          for (int64_t l = 0; l < L; l += kChunk) {
+            std::fill(a1.begin(), a1.end(), opmath_t(0)), std::fill(a2.begin(), a2.end(), opmath_t(0));
+            rows_sums(t.u + r * L + l, t.v + r * L + l, 1, std::min(kChunk, L - l), 0, 1, &t.ku[c], &t.m[c],
+                      a1.data(), a2.data());
+            s1[c] += lane_total(a1.data()), s2[c] += lane_total(a2.data());
+          }
         }
         continue;
       }
-      for (int64_t q = r0, c = r0 % C; q < r1; q += flush_rows) {
-        for (int64_t r = q; r < std::min(r1, q + flush_rows); ++r, c = c + 1 == C ? 0 : c + 1) {
-          opmath_t l1[kLanes], l2[kLanes];  // local copies: stores to them cannot alias the input
-          std::copy_n(a1.data() + c * kLanes, kLanes, l1), std::copy_n(a2.data() + c * kLanes, kLanes, l2);
-          int64_t i = r * L;
-          for (; i + kLanes <= (r + 1) * L; i += kLanes)
-            for (int j = 0; j < kLanes; ++j) terms(i + j, c, l1[j], l2[j]);
-          for (int j = 0; i < (r + 1) * L; ++i, ++j) terms(i, c, l1[j], l2[j]);
-          std::copy_n(l1, kLanes, a1.data() + c * kLanes), std::copy_n(l2, kLanes, a2.data() + c * kLanes);
-        }
+      for (int64_t q = r0; q < r1; q += flush_rows) {
+        rows_sums(t.u + q * L, t.v + q * L, std::min(r1, q + flush_rows) - q, L, q % C, C, t.ku.data(), t.m.data(),
+                  a1.data(), a2.data());
         flush();
       }
     }
@@ -215,47 +304,114 @@ void channel_sums(const Geometry& g, Terms terms, std::vector<acc_t>& S1, std::v
     for (int64_t c = 0; c < C; ++c) S1[c] += P1[b * C + c], S2[c] += P2[b * C + c];
 }
 
+// The AVX2 versions of affine_run and affine_rows (see cpu_capability.h).
+template <bool per_lane, typename T>
+MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void affine_run_avx2(const T* u, const T* v, int64_t n,
+                                                                           const float* A, const float* B,
+                                                                           const float* Mu, const float* K, T* out) {
+  constexpr int64_t step = per_lane ? 1 : 0;
+  __m256 a = _mm256_set1_ps(*A), b = _mm256_set1_ps(*B), mu = _mm256_set1_ps(*Mu), k = _mm256_set1_ps(*K);
+  // Values j..j+7 (per_lane: with their coefficients).
+  auto eight = [&](int64_t j) MANUAL_OPS_AVX2 {
+    if (per_lane) {
+      a = _mm256_loadu_ps(A + j), b = _mm256_loadu_ps(B + j), mu = _mm256_loadu_ps(Mu + j), k = _mm256_loadu_ps(K + j);
+    }
+    __m256 y = k;
+    if (v) y = _mm256_fmadd_ps(b, _mm256_sub_ps(load8(v + j), mu), y);
+    if (u) y = _mm256_fmadd_ps(a, load8(u + j), y);
+    return y;
+  };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) store16(out + j, eight(j), eight(j + 8));
+  for (; j + 8 <= n; j += 8) store8(out + j, eight(j));
+  for (; j < n; ++j) {
+    float y = K[j * step];
+    if (v) y += B[j * step] * (float(v[j]) - Mu[j * step]);
+    if (u) y += A[j * step] * float(u[j]);
+    out[j] = T(y);
+  }
+}
+
+template <typename T>
+MANUAL_OPS_AVX2 void affine_row_avx2(const T* u, const T* v, int64_t C, const float* A, const float* B,
+                                     const float* Mu, const float* K, T* out) {
+  affine_run_avx2<true>(u, v, C, A, B, Mu, K, out);
+}
+
+template <typename T>
+MANUAL_OPS_AVX2 void affine_rows_avx2(const T* u, const T* v, int64_t rows, int64_t L, int64_t c, int64_t C,
+                                      const float* A, const float* B, const float* Mu, const float* K, T* out) {
+  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    affine_run_avx2<false>(u ? u + r * L : nullptr, v ? v + r * L : nullptr, L, A + c, B + c, Mu + c, K + c,
+                           out + r * L);
+  }
+}
+
+// out[j] = A * u[j] + B * (v[j] - Mu) + K over one run of n values, with the coefficients of one
+// channel (per_lane false) or of channel j (per_lane true: an NLC row); u or v may be null (that
+// term is dropped). Computed in opmath_t, rounded once to scalar_t.
+template <bool per_lane, typename scalar_t, typename opmath_t>
+void affine_run(const scalar_t* u, const scalar_t* v, int64_t n, const opmath_t* A, const opmath_t* B,
+                const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
+  // step 0 or 1 at compile time, and the three combinations of terms as three loops, so that they vectorise.
+  constexpr int64_t step = per_lane ? 1 : 0;
+  if (u && v) {
+    for (int64_t j = 0; j < n; ++j)
+      out[j] = scalar_t(A[j * step] * opmath_t(u[j]) + B[j * step] * (opmath_t(v[j]) - Mu[j * step]) + K[j * step]);
+  } else if (v) {
+    for (int64_t j = 0; j < n; ++j) out[j] = scalar_t(B[j * step] * (opmath_t(v[j]) - Mu[j * step]) + K[j * step]);
+  } else {
+    for (int64_t j = 0; j < n; ++j) out[j] = scalar_t(A[j * step] * opmath_t(u[j]) + K[j * step]);
+  }
+}
+
+// One NLC row of C values, value c with the coefficients of channel c.
+template <typename scalar_t, typename opmath_t>
+void affine_row(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* A, const opmath_t* B,
+                const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
+  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+    if (use_avx2()) return affine_row_avx2(u, v, C, A, B, Mu, K, out);
+  }
+  affine_run<true>(u, v, C, A, B, Mu, K, out);
+}
+
+// Consecutive NCL rows of L values, row r with the coefficients of channel c (c for the first
+// row, then cycling through C).
+template <typename scalar_t, typename opmath_t>
+void affine_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
+                 const opmath_t* A, const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
+  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+    if (use_avx2()) return affine_rows_avx2(u, v, rows, L, c, C, A, B, Mu, K, out);
+  }
+  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
+    affine_run<false>(u ? u + r * L : nullptr, v ? v + r * L : nullptr, L, A + c, B + c, Mu + c, K + c, out + r * L);
+  }
+}
+
 // out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
-// be null (that term is dropped). Forward: y = scale * (x - mu) + beta' (v = x; subtracting mu
-// first keeps the digits when |mu| >> sigma); backward: dx = a * delta + b * (x - mu) + k.
-// Computed in opmath_t, rounded once to scalar_t.
+// be null (that term is dropped; an empty coefficient vector stands for zeros). Forward:
+// y = scale * (x - mu) + beta' (v = x; subtracting mu first keeps the digits when |mu| >> sigma);
+// backward: dx = a * delta + b * (x - mu) + k.
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v, const std::vector<opmath_t>& a,
                         const std::vector<opmath_t>& b, const std::vector<opmath_t>& m,
                         const std::vector<opmath_t>& k, scalar_t* out) {
   const int64_t C = g.C, L = g.L;
-  // One contiguous run of n values of one channel (NCL), or one row of all channels (NLC,
-  // coefficients indexed by j); the three loops are the three combinations of terms.
-  // step is 0 (NCL: one channel's coefficients) or 1 (NLC), at compile time so the loops vectorise.
-  auto run = [&](auto step_t, int64_t o, int64_t n, const opmath_t* A, const opmath_t* B, const opmath_t* Mu,
-                 const opmath_t* K) {
-    constexpr int64_t step = decltype(step_t)::value;
-    if (u && v) {
-      for (int64_t j = 0; j < n; ++j)
-        out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) +
-                              K[j * step]);
-    } else if (v) {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(B[j * step] * (opmath_t(v[o + j]) - Mu[j * step]) + K[j * step]);
-    } else {
-      for (int64_t j = 0; j < n; ++j) out[o + j] = scalar_t(A[j * step] * opmath_t(u[o + j]) + K[j * step]);
-    }
-  };
-  const opmath_t zero = 0;
-  auto coeff = [&](const std::vector<opmath_t>& t, int64_t c) { return t.empty() ? &zero : t.data() + c; };
+  const std::vector<opmath_t> zeros(a.empty() || b.empty() || m.empty() || k.empty() ? C : 0, opmath_t(0));
+  const opmath_t *A = a.empty() ? zeros.data() : a.data(), *B = b.empty() ? zeros.data() : b.data();
+  const opmath_t *Mu = m.empty() ? zeros.data() : m.data(), *K = k.empty() ? zeros.data() : k.data();
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
-                       for (int64_t i = i0, c = i0 % C; i < i1; ++i, c = c + 1 == C ? 0 : c + 1) {
-                         run(std::integral_constant<int64_t, 0>{}, i * L, L, coeff(a, c), coeff(b, c), coeff(m, c), coeff(k, c));
-                       }
+                       affine_rows(u ? u + i0 * L : nullptr, v ? v + i0 * L : nullptr, i1 - i0, L, i0 % C, C, A, B,
+                                   Mu, K, out + i0 * L);
                      });
     return;
   }
   at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
                    [&](int64_t r0, int64_t r1) {
                      for (int64_t r = r0; r < r1; ++r)
-                       run(std::integral_constant<int64_t, 1>{}, r * C, C, coeff(a, 0), coeff(b, 0), coeff(m, 0),
-                           coeff(k, 0));
+                       affine_row(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
                    });
 }
 
@@ -269,10 +425,7 @@ void shifted_moments(const Geometry& g, const scalar_t* xp, std::vector<acc_t>& 
   K.assign(C, 0);
   std::vector<opmath_t> shift(C);
   for (int64_t c = 0; c < C; ++c) shift[c] = xp[g.nlc ? c : c * g.L], K[c] = shift[c];
-  channel_sums<opmath_t>(g, [&](int64_t i, int64_t c, opmath_t& a1, opmath_t& a2) {
-    const opmath_t d = opmath_t(xp[i]) - shift[c];
-    a1 += d, a2 += d * d;
-  }, S1, S2);
+  channel_sums<scalar_t, opmath_t>(g, SumTerms<scalar_t>{xp, xp, shift, shift}, S1, S2);
 }
 
 // Per channel: S1 = sum delta, S2 = sum delta * (x - mean[c]), the backward's sums.
@@ -280,11 +433,9 @@ template <typename scalar_t, typename acc_t>
 void grad_sums(const Geometry& g, const scalar_t* dyp, const scalar_t* xp, const std::vector<acc_t>& mean,
                std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
   using opmath_t = at::opmath_type<scalar_t>;
-  const std::vector<opmath_t> mu(mean.begin(), mean.end());
-  channel_sums<opmath_t>(g, [&](int64_t i, int64_t c, opmath_t& a1, opmath_t& a2) {
-    const opmath_t d = dyp[i];
-    a1 += d, a2 += d * (opmath_t(xp[i]) - mu[c]);
-  }, S1, S2);
+  channel_sums<scalar_t, opmath_t>(
+      g, SumTerms<scalar_t>{dyp, xp, std::vector<opmath_t>(g.C, 0), std::vector<opmath_t>(mean.begin(), mean.end())},
+      S1, S2);
 }
 
 // The backward ops' input and grad_output: (N, C, *), floating, the same sizes and dtype.

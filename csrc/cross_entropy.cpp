@@ -99,7 +99,7 @@ Inputs contiguous_inputs(const Tensor& input, const Tensor& target, const std::o
 // lanes, as torch's log_softmax does.
 
 // The AVX2 versions, for float rows (see vec_exp.h); each matches the portable one below.
-__attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t C) {
+MANUAL_OPS_AVX2 float row_max_avx2(const float* x, int64_t C) {
   __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
   int64_t c = 0;
   for (; c + 8 <= C; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
@@ -110,7 +110,7 @@ __attribute__((target("avx2,fma"))) float row_max_avx2(const float* x, int64_t C
   return horizontal_max(m);
 }
 
-__attribute__((target("avx2,fma"))) float row_sum_exp_avx2(const float* x, int64_t C, float m) {
+MANUAL_OPS_AVX2 float row_sum_exp_avx2(const float* x, int64_t C, float m) {
   const __m256 mv = _mm256_set1_ps(m);
   __m256 sum = _mm256_setzero_ps();
   int64_t c = 0;
@@ -124,12 +124,12 @@ __attribute__((target("avx2,fma"))) float row_sum_exp_avx2(const float* x, int64
 }
 
 // w_c (m - x_c), or 0 where w_c = 0 (so that 0 * inf is 0).
-__attribute__((target("avx2,fma"))) inline __m256 weighted_gap_terms(__m256 xv, __m256 wv, __m256 mv) {
+MANUAL_OPS_AVX2 inline __m256 weighted_gap_terms(__m256 xv, __m256 wv, __m256 mv) {
   const __m256 zero = _mm256_setzero_ps();
   return _mm256_and_ps(_mm256_mul_ps(wv, _mm256_sub_ps(mv, xv)), _mm256_cmp_ps(wv, zero, _CMP_NEQ_UQ));
 }
 
-__attribute__((target("avx2,fma"))) float row_weighted_gap_avx2(const float* x, const float* w, int64_t C, float m) {
+MANUAL_OPS_AVX2 float row_weighted_gap_avx2(const float* x, const float* w, int64_t C, float m) {
   const __m256 mv = _mm256_set1_ps(m);
   __m256 sum = _mm256_setzero_ps();
   int64_t c = 0;
@@ -146,7 +146,7 @@ __attribute__((target("avx2,fma"))) float row_weighted_gap_avx2(const float* x, 
   return horizontal_sum(sum);
 }
 
-__attribute__((target("avx2,fma"))) void row_scaled_softmax_avx2(const float* x, int64_t C, float l, float a,
+MANUAL_OPS_AVX2 void row_scaled_softmax_avx2(const float* x, int64_t C, float l, float a,
                                                                   const float* w, float b, float* out) {
   const __m256 lv = _mm256_set1_ps(l), av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
   const __m256 ones = _mm256_set1_ps(1.0f);

@@ -60,7 +60,7 @@ void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, i
 }
 
 // row[0:16] = (lo, hi), or += when `accumulate`.
-__attribute__((target("avx2,fma"), always_inline)) inline void store_row(float* row, __m256 lo, __m256 hi,
+MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void store_row(float* row, __m256 lo, __m256 hi,
                                                                           bool accumulate) {
   if (accumulate) lo = _mm256_add_ps(lo, _mm256_loadu_ps(row)), hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
   _mm256_storeu_ps(row, lo), _mm256_storeu_ps(row + 8, hi);
@@ -69,7 +69,7 @@ __attribute__((target("avx2,fma"), always_inline)) inline void store_row(float* 
 // The micro-kernel: acc (MR x NR, row stride ld) = a (MR x kc panel) @ b (kc x NR panel), or
 // acc += that product when `accumulate`. The 12 accumulators are named variables: as an array,
 // GCC spills them to the stack on every step.
-__attribute__((target("avx2,fma"))) void micro_kernel(int64_t kc, const float* __restrict a,
+MANUAL_OPS_AVX2 void micro_kernel(int64_t kc, const float* __restrict a,
                                                       const float* __restrict b, float* __restrict acc,
                                                       int64_t ld, bool accumulate) {
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;

@@ -16,7 +16,7 @@ Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at
 
 // The AVX2 versions of the float32 loops below (8 lanes; see cpu_capability.h): x < 0 and y <= 0
 // are ordered compares (false for NaN), and and-not with that mask keeps the other operand.
-__attribute__((target("avx2,fma"))) void relu_avx2(const float* in, float* out, int64_t begin, int64_t end) {
+MANUAL_OPS_AVX2 void relu_avx2(const float* in, float* out, int64_t begin, int64_t end) {
   const __m256 zero = _mm256_setzero_ps();
   int64_t i = begin;
   for (; i + 8 <= end; i += 8) {
@@ -26,7 +26,7 @@ __attribute__((target("avx2,fma"))) void relu_avx2(const float* in, float* out, 
   for (; i < end; ++i) out[i] = in[i] < 0.0f ? 0.0f : in[i];
 }
 
-__attribute__((target("avx2,fma"))) void relu_backward_avx2(const float* y, const float* g, float* gi, int64_t begin,
+MANUAL_OPS_AVX2 void relu_backward_avx2(const float* y, const float* g, float* gi, int64_t begin,
                                                             int64_t end) {
   const __m256 zero = _mm256_setzero_ps();
   int64_t i = begin;

@@ -15,13 +15,15 @@
 // clamp lets NaN through (max/min return their second operand when one is NaN), and NaN stays NaN.
 #pragma once
 
+#include "cpu_capability.h"
+
 #include <immintrin.h>
 
 #include <cstdint>
 
 namespace manual_ops {
 
-__attribute__((target("avx2,fma"))) inline __m256 exp256(__m256 x) {
+MANUAL_OPS_AVX2 inline __m256 exp256(__m256 x) {
   x = _mm256_min_ps(_mm256_set1_ps(89.0f), _mm256_max_ps(_mm256_set1_ps(-104.0f), x));
   const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
@@ -44,18 +46,18 @@ __attribute__((target("avx2,fma"))) inline __m256 exp256(__m256 x) {
 }
 
 // The first k (0..8) lanes set, for masked loads and stores of a row's last partial vector.
-__attribute__((target("avx2,fma"))) inline __m256i first_lanes(int64_t k) {
+MANUAL_OPS_AVX2 inline __m256i first_lanes(int64_t k) {
   return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
-__attribute__((target("avx2,fma"))) inline float horizontal_sum(__m256 v) {
+MANUAL_OPS_AVX2 inline float horizontal_sum(__m256 v) {
   __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_add_ps(s, _mm_movehl_ps(s, s));
   s = _mm_add_ss(s, _mm_movehdup_ps(s));
   return _mm_cvtss_f32(s);
 }
 
-__attribute__((target("avx2,fma"))) inline float horizontal_max(__m256 v) {
+MANUAL_OPS_AVX2 inline float horizontal_max(__m256 v) {
   __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
   s = _mm_max_ps(s, _mm_movehl_ps(s, s));
   s = _mm_max_ss(s, _mm_movehdup_ps(s));

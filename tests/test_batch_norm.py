@@ -319,6 +319,28 @@ def test_property_matches_torch(n, c, h, w, training, affine, channels_last, mom
             torch.testing.assert_close(a, r)  # float64: default tolerances (1e-7 rtol)
 
 
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 5), c=st.integers(1, 40), h=st.integers(1, 20), w=st.integers(1, 20),
+       training=st.booleans(), channels_last=st.booleans(), seed=st.integers(0, 2**16))
+def test_property_float32_matches_torch(n, c, h, w, training, channels_last, seed):
+    """float32, the dtype with vectorised kernels: channel counts and rows (L = h * w) long enough for full
+    vectors, pairs of vectors and remainders, and for more than one 256-value chunk."""
+    if training and n * h * w == 1:
+        return
+    torch.manual_seed(seed)
+    x = torch.randn(n, c, h, w) * 3 - 1
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    wt, bs = _params(c, torch.float32, True)
+    rm1, rv1 = _stats(c, torch.float32)
+    rm2, rv2 = rm1.clone(), rv1.clone()
+    grad = torch.randn(x.shape)
+    ours = _run(lambda x, wt, bs: mF.batch_norm(x, rm1, rv1, wt, bs, training), x, wt, bs, grad)
+    ref = _run(lambda x, wt, bs: F.batch_norm(x, rm2, rv2, wt, bs, training), x, wt, bs, grad)
+    for a, r in zip((*ours, rm1, rv1), (*ref, rm2, rv2)):
+        torch.testing.assert_close(a, r, rtol=1e-4, atol=1e-4)
+
+
 # --------------------------------------------------------------------------- errors and mutation safety
 
 

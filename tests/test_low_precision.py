@@ -106,8 +106,9 @@ def test_linear(dtype, shape, bias):
 
 def _bn(f, training):
     def run(x, w, b):  # fresh running stats of the parameters' dtype
-        var = torch.rand(4, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
-        return f(x, torch.zeros(4, dtype=w.dtype), var.to(w.dtype), w, b, training=training)
+        C = x.shape[1]
+        var = torch.rand(C, generator=torch.Generator().manual_seed(1), dtype=torch.float64) + 0.5
+        return f(x, torch.zeros(C, dtype=w.dtype), var.to(w.dtype), w, b, training=training)
     return run
 
 
@@ -115,12 +116,38 @@ def _bn(f, training):
 @pytest.mark.parametrize("training", [True, False])
 @pytest.mark.parametrize("mixed", [True, False], ids=["float32-params", "low-params"])
 @pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
-def test_batch_norm(dtype, training, mixed, cl):
-    x = _x(6, 4, 5, 5, channels_last=cl, offset=3.0)  # a mean far from 0 tests the shifted sums
-    w, b = (torch.rand(4, dtype=torch.float64) + 0.5).requires_grad_(), _x(4)
+@pytest.mark.parametrize("shape", [(6, 4, 5, 5), (4, 27, 3, 3), (2, 3, 20, 20)], ids=str)
+def test_batch_norm(dtype, training, mixed, cl, shape):
+    """Shapes with rows (NCHW: H*W values, NHWC: C) of under one vector, of vectors and remainders, and of
+    more than one 256-value chunk."""
+    x = _x(*shape, channels_last=cl, offset=3.0)  # a mean far from 0 tests the shifted sums
+    w, b = (torch.rand(shape[1], dtype=torch.float64) + 0.5).requires_grad_(), _x(shape[1])
     params = torch.float32 if mixed else dtype
     check_accuracy(_bn(mF.batch_norm, training), _bn(F.batch_norm, training),
                    [x, w, b], [dtype, params, params])
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("cl", [False, True], ids=["nchw", "nhwc"])
+def test_batch_norm_rounds_like_torch(dtype, cl):
+    """Rounding to bfloat16/float16 exactly as torch's: in eval with running mean 0 and bias 0 the output is
+    the float32 product x * scale (scale = weight / sqrt(running_var + eps), in float32) rounded once, which
+    torch computes the same way. Scales 1 + 2^-8 and 1 - 2^-9 put products of powers of two exactly halfway
+    between two bfloat16 values (ties to even); inf, -inf, NaN and values that round to inf are included."""
+    C = 5
+    x = torch.randn(3, C, 7, 9) * 100
+    x.view(-1)[:60] = torch.ldexp(torch.ones(60), torch.arange(-30, 30))
+    x.view(-1)[60:64] = torch.tensor([float("inf"), -float("inf"), float("nan"), 3.3e38 if dtype == torch.bfloat16 else 65519.0])
+    x = x.to(dtype)
+    if cl:
+        x = x.to(memory_format=torch.channels_last)
+    weight = torch.tensor([1 + 2.0**-8, 1 - 2.0**-9, 3.0, 0.7, 1.0])
+    running_var, eps = torch.tensor([1.0, 1.0, 1.0, 2.5, 0.1]), 0.0
+    y = mF.batch_norm(x, torch.zeros(C), running_var, weight, torch.zeros(C), False, 0.1, eps)
+    scale = weight * (1 / torch.sqrt(running_var + eps))
+    expected = (x.float() * scale.view(1, C, 1, 1)).to(dtype)
+    assert torch.equal(y.isnan(), expected.isnan())
+    assert torch.equal(y.nan_to_num(), expected.nan_to_num())
 
 
 POOLS = [

@@ -1,0 +1,69 @@
+// Loads and stores of 8 float32 lanes from and to float32, bfloat16 and float16 memory, for the
+// AVX2 paths of the kernels (only callable where use_avx2() in cpu_capability.h holds; float16
+// also needs F16C, which every AVX2 CPU has). The conversions are those of c10::BFloat16 and
+// c10::Half, so the AVX2 and the portable code round alike:
+//
+// - bfloat16 -> float32 is exact: the 16 bits become the high half of the float32's bits;
+// - float32 -> bfloat16 rounds to nearest even: add 0x7FFF plus the lowest kept bit, then keep the
+//   high 16 bits; a NaN becomes the quiet NaN 0x7FC0 (the carry could otherwise turn it into inf);
+// - float16 <-> float32 with the F16C instructions, rounding to nearest even.
+#pragma once
+
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+
+#include "cpu_capability.h"
+
+#include <immintrin.h>
+
+namespace manual_ops {
+
+MANUAL_OPS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
+
+MANUAL_OPS_AVX2 inline __m256 load8(const c10::BFloat16* p) {
+  const __m256i bits = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  return _mm256_castsi256_ps(_mm256_slli_epi32(bits, 16));
+}
+
+MANUAL_OPS_AVX2 inline __m256 load8(const c10::Half* p) {
+  return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+}
+
+MANUAL_OPS_AVX2 inline void store8(float* p, __m256 v) { _mm256_storeu_ps(p, v); }
+
+// The 8 lanes of v rounded to bfloat16, each in the low 16 bits of a 32-bit lane.
+MANUAL_OPS_AVX2 inline __m256i bfloat16_bits(__m256 v) {
+  const __m256i bits = _mm256_castps_si256(v);
+  const __m256i lowest_kept = _mm256_and_si256(_mm256_srli_epi32(bits, 16), _mm256_set1_epi32(1));
+  const __m256i rounded =
+      _mm256_srli_epi32(_mm256_add_epi32(bits, _mm256_add_epi32(lowest_kept, _mm256_set1_epi32(0x7FFF))), 16);
+  const __m256 is_nan = _mm256_cmp_ps(v, v, _CMP_UNORD_Q);
+  return _mm256_castps_si256(
+      _mm256_blendv_ps(_mm256_castsi256_ps(rounded), _mm256_castsi256_ps(_mm256_set1_epi32(0x7FC0)), is_nan));
+}
+
+// The 16-bit halves of the 32-bit lanes of lo then hi, in order: packing gives, per 128-bit half,
+// [lo0..3 hi0..3 | lo4..7 hi4..7]; the 64-bit blocks reordered 0, 2, 1, 3 put them in order.
+MANUAL_OPS_AVX2 inline __m256i pack16(__m256i lo, __m256i hi) {
+  return _mm256_permute4x64_epi64(_mm256_packus_epi32(lo, hi), 0xD8);
+}
+
+MANUAL_OPS_AVX2 inline void store8(c10::BFloat16* p, __m256 v) {
+  const __m256i b = bfloat16_bits(v);
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(pack16(b, b)));
+}
+
+MANUAL_OPS_AVX2 inline void store8(c10::Half* p, __m256 v) {
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+}
+
+// 16 values: lo to p[0:8], hi to p[8:16] (for bfloat16, one pack of both halves).
+MANUAL_OPS_AVX2 inline void store16(float* p, __m256 lo, __m256 hi) { store8(p, lo), store8(p + 8, hi); }
+
+MANUAL_OPS_AVX2 inline void store16(c10::Half* p, __m256 lo, __m256 hi) { store8(p, lo), store8(p + 8, hi); }
+
+MANUAL_OPS_AVX2 inline void store16(c10::BFloat16* p, __m256 lo, __m256 hi) {
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pack16(bfloat16_bits(lo), bfloat16_bits(hi)));
+}
+
+}  // namespace manual_ops
