@@ -12,6 +12,7 @@
 // batch_norm accepts). The saved mean and invstd have it too in training (as torch's); in
 // eval, where torch saves nothing and its backward recomputes invstd in float32 from the
 // running stats, they are saved in float32 for bfloat16/float16 (stats_type below).
+#include "autograd_kernel.h"
 #include "common.h"
 #include "cpu_capability.h"
 #include "vec_convert.h"
@@ -245,8 +246,9 @@ void row_sums(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* k
 
 // Per-channel sums S1[c], S2[c] of SumTerms over the M values of each channel. Memory is read in
 // order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C values)
-// split into at most kBlocks blocks of whole rows, each with its own acc_t sums of all C channels;
-// those are added in block order, so the result does not depend on the thread count. Within a
+// split into blocks of whole rows (one per at::internal::GRAIN_SIZE values, at most kBlocks: a
+// small input is one block, with no parallel region), each with its own acc_t sums of all C
+// channels; those are added in block order, so the result does not depend on the thread count. Within a
 // block, values are summed in opmath_t partial sums (allocated per block) flushed to the acc_t
 // sums every kChunk values per channel: NCL rows into kLanes lanes per channel (a long
 // row in chunks of kChunk, short rows (L < kChunk) with the lanes kept across rows, so that a row
@@ -255,7 +257,8 @@ template <typename scalar_t, typename opmath_t, typename acc_t>
 void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
   constexpr int64_t kBlocks = 16;
   const int64_t C = g.C, L = g.L, rows = g.nlc ? g.M() : g.N * C;
-  const int64_t blocks = std::min(rows, kBlocks), per_block = blocks == 0 ? 0 : (rows + blocks - 1) / blocks;
+  const int64_t by_size = std::clamp<int64_t>(g.M() * C / at::internal::GRAIN_SIZE, 1, kBlocks);
+  const int64_t blocks = std::min(rows, by_size), per_block = blocks == 0 ? 0 : (rows + blocks - 1) / blocks;
   const bool short_rows = !g.nlc && L < kChunk;
   // Rows per flush: kChunk values of each channel (short NCL rows), or kChunk rows (NLC).
   const int64_t flush_rows = g.nlc ? kChunk : short_rows ? std::max<int64_t>(1, kChunk / std::max<int64_t>(1, L)) * C : 1;
@@ -639,6 +642,66 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_backward(const Tensor& grad_output
   return {grad_input, grad_weight, grad_bias};
 }
 
+using ForwardSig = std::tuple<Tensor, Tensor, Tensor>(
+    const Tensor&, const std::optional<Tensor>&, const std::optional<Tensor>&, const std::optional<Tensor>&,
+    const std::optional<Tensor>&, const std::optional<Tensor>&, bool, std::optional<double>, double,
+    std::optional<double>, c10::string_view);
+using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const std::optional<Tensor>&,
+                                                       const std::optional<Tensor>&, const Tensor&, const Tensor&,
+                                                       bool, std::optional<double>, c10::string_view,
+                                                       std::array<bool, 3>);
+
+// The autograd kernel of batch_norm_forward: BatchNormFunction's derivatives
+// (manual_ops/ops/batch_norm.py), in C++; the backward is batch_norm_backward, differentiable
+// through that op's autograd kernel (BatchNormBackward). Only input, weight and bias get grads;
+// the saved mean and invstd are not differentiable.
+struct BatchNormAutograd : public torch::autograd::Function<BatchNormAutograd> {
+  static variable_list forward(AutogradContext* ctx, const Tensor& input, const std::optional<Tensor>& weight,
+                               const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
+                               const std::optional<Tensor>& running_var,
+                               const std::optional<Tensor>& num_batches_tracked, bool training,
+                               std::optional<double> momentum, double eps, std::optional<double> beta_floor,
+                               c10::string_view floor_scale) {
+    static const auto op = operator_handle<ForwardSig>("manual_ops::batch_norm_forward");
+    at::AutoDispatchBelowADInplaceOrView guard;
+    auto [out, save_mean, save_invstd] = op.call(input, weight, bias, running_mean, running_var, num_batches_tracked,
+                                                 training, momentum, eps, beta_floor, floor_scale);
+    ctx->save_for_backward({input, weight.value_or(Tensor()), bias.value_or(Tensor()), save_mean, save_invstd});
+    ctx->saved_data["training"] = training;
+    ctx->saved_data["beta_floor"] = beta_floor;
+    ctx->saved_data["floor_scale"] = std::string(floor_scale);
+    ctx->mark_non_differentiable({save_mean, save_invstd});
+    return {out, save_mean, save_invstd};
+  }
+
+  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+    static const auto op = operator_handle<BackwardSig>("manual_ops::batch_norm_backward");
+    const variable_list saved = ctx->get_saved_variables();
+    const Tensor &weight = saved[1], &bias = saved[2];
+    const std::string floor_scale = ctx->saved_data["floor_scale"].toStringRef();
+    auto [grad_input, grad_weight, grad_bias] = call_backward_op(
+        op, grads[0], saved[0], weight.defined() ? std::optional<Tensor>(weight) : std::nullopt,
+        bias.defined() ? std::optional<Tensor>(bias) : std::nullopt, saved[3], saved[4],
+        ctx->saved_data["training"].toBool(), ctx->saved_data["beta_floor"].toOptional<double>(),
+        c10::string_view(floor_scale),
+        std::array<bool, 3>{ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
+                            bias.defined() && ctx->needs_input_grad(2)});
+    return {grad_input, grad_weight, grad_bias, Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(),   Tensor(),    Tensor(),  Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_autograd(
+    const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
+    const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
+    const std::optional<Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
+    std::optional<double> beta_floor, c10::string_view floor_scale) {
+  const variable_list out = BatchNormAutograd::apply(input, weight, bias, running_mean, running_var,
+                                                     num_batches_tracked, training, momentum, eps, beta_floor,
+                                                     floor_scale);
+  return {out[0], out[1], out[2]};
+}
+
 // ---------------------------------------------------------------------------------------------
 // Synchronised batch norm (manual_ops/ops/sync_batch_norm.py): the local halves of the forward
 // and backward; the collectives between them run in Python over torch.distributed, and the
@@ -787,5 +850,7 @@ TORCH_LIBRARY_IMPL(manual_ops, CPU, m) {
   m.impl("batch_norm_backward_reduce", &batch_norm_backward_reduce);
   m.impl("sync_batch_norm_backward", &sync_batch_norm_backward);
 }
+
+TORCH_LIBRARY_IMPL(manual_ops, Autograd, m) { m.impl("batch_norm_forward", &batch_norm_forward_autograd); }
 
 }  // namespace manual_ops

@@ -2,9 +2,11 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, fast_apply, memory_format_of
+from .._utils import applier, below_autograd, fast_apply, memory_format_of, register_autograd
 
 _ops = torch.ops.manual_ops
+_forward_op = below_autograd(_ops.batch_norm_forward)
+_backward_op = below_autograd(_ops.batch_norm_backward)
 
 FLOOR_SCALES = ("sigma", "gamma")
 
@@ -53,8 +55,8 @@ class BatchNormFunction(torch.autograd.Function):
     @staticmethod
     def forward(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
                 beta_floor, floor_scale):
-        return _ops.batch_norm_forward(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                                       training, momentum, eps, beta_floor, floor_scale)
+        return _forward_op(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+                           eps, beta_floor, floor_scale)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -80,7 +82,7 @@ class BatchNormFunction(torch.autograd.Function):
         return batch_norm_tangent(*saved, *ctx.bn_args, d_input, d_weight, d_bias), None, None
 
 
-_batch_norm_apply = applier(BatchNormFunction)
+_batch_norm_apply = applier(BatchNormFunction, _ops.batch_norm_forward, native_autograd=True)
 
 
 class _Channels:
@@ -167,8 +169,8 @@ class BatchNormBackward(torch.autograd.Function):
     @staticmethod
     def forward(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor, floor_scale,
                 output_mask):
-        return _ops.batch_norm_backward(grad_output, input, weight, bias, save_mean, save_invstd, training,
-                                        beta_floor, floor_scale, output_mask)
+        return _backward_op(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,
+                            floor_scale, output_mask)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -209,7 +211,10 @@ class BatchNormBackward(torch.autograd.Function):
         return d_grad_output, d_input, d_weight, None, None, None, None, None, None, None
 
 
-_batch_norm_backward = fast_apply(BatchNormBackward, _ops.batch_norm_backward)
+_batch_norm_backward = fast_apply(BatchNormBackward, _backward_op)
+# batch_norm_forward's autograd kernel is C++ (with BatchNormFunction's derivatives); its backward op's is
+# BatchNormBackward
+register_autograd("manual_ops::batch_norm_backward", BatchNormBackward)
 
 
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
