@@ -1,29 +1,80 @@
 // 2-D adaptive average pooling and its hand-written backward.
 // Derivation: docs/derivations.md, "pooling".
+#include "cpu_capability.h"
 #include "pooling.h"
+#include "vec_avx2.h"
 
 #include <ATen/AccumulateType.h>
+
+#include <type_traits>
 
 namespace manual_ops {
 namespace {
 
-// Sum of a contiguous run in the accumulation type, with eight independent partial sums
-// so that the adds pipeline (and vectorise) instead of forming one dependent chain.
+constexpr int64_t kChunk = 256;  // values summed in opmath_t before their total is added in acc_t
+
+// The AVX2 versions of the loops below (see cpu_capability.h), for float32, bfloat16 and float16.
+template <typename T>
+MANUAL_OPS_AVX2 float chunk_sum_avx2(const T* p, int64_t n) {
+  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) a = _mm256_add_ps(a, load8(p + i)), b = _mm256_add_ps(b, load8(p + i + 8));
+  if (i + 8 <= n) a = _mm256_add_ps(a, load8(p + i)), i += 8;
+  float total = horizontal_sum(_mm256_add_ps(a, b));
+  for (; i < n; ++i) total += float(p[i]);
+  return total;
+}
+
+template <typename T>
+MANUAL_OPS_AVX2 void add_row_avx2(float* part, const T* src, int64_t C) {
+  int64_t c = 0;
+  for (; c + 8 <= C; c += 8) _mm256_storeu_ps(part + c, _mm256_add_ps(_mm256_loadu_ps(part + c), load8(src + c)));
+  for (; c < C; ++c) part[c] += float(src[c]);
+}
+
+template <typename opmath_t>
+constexpr bool has_avx2_path = std::is_same_v<opmath_t, float>;  // float32, bfloat16, float16
+
+// Sum of a contiguous run in the accumulation type acc_t (float64 for float32), as a window can be
+// the whole plane: chunks of up to kChunk values are summed in opmath_t with eight independent
+// partial sums (so that the adds pipeline and vectorise instead of forming one dependent chain),
+// and each chunk's total is added in acc_t.
 template <typename scalar_t, typename acc_t = at::acc_type<scalar_t, false>>
 acc_t run_sum(const scalar_t* p, int64_t n) {
+  using opmath_t = at::opmath_type<scalar_t>;
   constexpr int64_t kLanes = 8;
-  acc_t part[kLanes] = {};
-  int64_t i = 0;
-  for (; i + kLanes <= n; i += kLanes) {
-    for (int64_t l = 0; l < kLanes; ++l) part[l] += p[i + l];
+  acc_t total = 0;
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
+    const int64_t c1 = std::min(n, c0 + kChunk);
+    if constexpr (has_avx2_path<opmath_t>) {
+      if (use_avx2()) {
+        total += chunk_sum_avx2(p + c0, c1 - c0);
+        continue;
+      }
+    }
+    opmath_t part[kLanes] = {};
+    int64_t i = c0;
+    for (; i + kLanes <= c1; i += kLanes) {
+      for (int64_t l = 0; l < kLanes; ++l) part[l] += opmath_t(p[i + l]);
+    }
+    for (; i < c1; ++i) part[0] += opmath_t(p[i]);
+    total += ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
   }
-  for (; i < n; ++i) part[0] += p[i];
-  return ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
+  return total;
+}
+
+// part[c] += src[c] for c in [0, C), in opmath_t.
+template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
+void add_row(opmath_t* __restrict__ part, const scalar_t* __restrict__ src, int64_t C) {
+  if constexpr (has_avx2_path<opmath_t>) {
+    if (use_avx2()) return add_row_avx2(part, src, C);
+  }
+  for (int64_t c = 0; c < C; ++c) part[c] += opmath_t(src[c]);
 }
 
 // Forward, NCHW: y[p, oh, ow] = (1 / |R||S|) * sum over ih in R(oh), iw in S(ow) of x[p, ih, iw],
-// with R, S the adaptive windows; accumulated in acc_type (double for float), as a window
-// can be the whole plane. A window spanning full rows is one contiguous run.
+// with R, S the adaptive windows, summed by run_sum. A window spanning full rows is one
+// contiguous run.
 template <typename scalar_t>
 void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
   at::parallel_for(0, g.N * g.C, grain_for(g.H * g.W + g.OH * g.OW), [&](int64_t p0, int64_t p1) {
@@ -46,27 +97,36 @@ void adaptive_avg_nchw(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
   });
 }
 
-// Forward, NHWC: the same averages, vectorised along C into an acc_type row allocated per
-// chunk; parallel over (n, oh) rows.
+// Forward, NHWC: the same averages, vectorised along C: the taps of a window are added into an
+// opmath_t row, whose total every kChunk taps is added into an acc_t row (rows allocated per
+// chunk); parallel over (n, oh) rows.
 template <typename scalar_t>
 void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
   using acc_t = at::acc_type<scalar_t, false>;
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = g.C;
   const int64_t row_work = (g.H / std::max<int64_t>(1, g.OH) + 1) * g.W * C;
   at::parallel_for(0, g.N * g.OH, grain_for(row_work), [&](int64_t r0, int64_t r1) {
     std::vector<acc_t> acc(C);
+    std::vector<opmath_t> part(C);
+    auto flush = [&] {
+      for (int64_t c = 0; c < C; ++c) acc[c] += part[c];
+      std::fill(part.begin(), part.end(), opmath_t(0));
+    };
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       const Window rows = g.rows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         const Window cols = g.cols[ow];
         std::fill(acc.begin(), acc.end(), acc_t(0));
+        int64_t taps = 0;
         for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
           for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
-            const scalar_t* src = x + ((n * g.H + ih) * g.W + iw) * C;
-            for (int64_t c = 0; c < C; ++c) acc[c] += src[c];
+            add_row(part.data(), x + ((n * g.H + ih) * g.W + iw) * C, C);
+            if (++taps % kChunk == 0) flush();
           }
         }
+        flush();
         const acc_t area = static_cast<acc_t>(rows.count * cols.count);
         scalar_t* out = y + (r * g.OW + ow) * C;
         for (int64_t c = 0; c < C; ++c) out[c] = static_cast<scalar_t>(acc[c] / area);
@@ -116,23 +176,32 @@ void adaptive_avg_backward_nchw(const scalar_t* dy, scalar_t* dx, const PoolGeom
   });
 }
 
-// Backward, NHWC: the same spreading, vectorised along C; one image per task.
+// Backward, NHWC: the same spreading, vectorised along C: each output's dy[n, oh, ow, :] / area
+// is formed once (rounded to scalar_t, as in NCHW) into a row allocated per chunk, then written
+// (tiling windows) or added to each tap of the window; one image per task.
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void adaptive_avg_backward_nhwc(const scalar_t* dy, scalar_t* dx, const PoolGeometry& g) {
   const int64_t C = g.C;
+  const bool tiles = g.OH > 0 && g.OW > 0 && g.H % g.OH == 0 && g.W % g.OW == 0;
   at::parallel_for(0, g.N, grain_for((2 * g.H * g.W + g.OH * g.OW) * C), [&](int64_t n0, int64_t n1) {
+    std::vector<scalar_t> scaled(C);
     for (int64_t n = n0; n < n1; ++n) {
-      std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
+      if (!tiles) std::fill(dx + n * g.H * g.W * C, dx + (n + 1) * g.H * g.W * C, scalar_t(0));
       for (int64_t oh = 0; oh < g.OH; ++oh) {
         const Window rows = g.rows[oh];
         for (int64_t ow = 0; ow < g.OW; ++ow) {
           const Window cols = g.cols[ow];
           const opmath_t area = static_cast<opmath_t>(rows.count * cols.count);
           const scalar_t* grad = dy + ((n * g.OH + oh) * g.OW + ow) * C;
+          for (int64_t c = 0; c < C; ++c) scaled[c] = static_cast<scalar_t>(opmath_t(grad[c]) / area);
           for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
             for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
               scalar_t* dst = dx + ((n * g.H + ih) * g.W + iw) * C;
-              for (int64_t c = 0; c < C; ++c) dst[c] += static_cast<scalar_t>(opmath_t(grad[c]) / area);
+              if (tiles) {
+                std::copy(scaled.begin(), scaled.end(), dst);
+              } else {
+                for (int64_t c = 0; c < C; ++c) dst[c] += scaled[c];
+              }
             }
           }
         }

@@ -15,7 +15,7 @@
 #include "autograd_kernel.h"
 #include "common.h"
 #include "cpu_capability.h"
-#include "vec_convert.h"
+#include "vec_avx2.h"
 
 #include <ATen/AccumulateType.h>
 

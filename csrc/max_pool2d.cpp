@@ -19,11 +19,11 @@ inline int64_t first_index(const PoolGeometry& g, int64_t oh, int64_t ow) {
 // position pos + i*pos_step. A later tap wins only if strictly greater, so the first maximum
 // wins ties; a NaN always wins, so NaN propagates (torch's rule). Branch-free, so it
 // vectorises; gcc (at the baseline SSE2) does so only when index_t is 32-bit.
-template <typename scalar_t, typename index_t>
+template <typename scalar_t, typename index_t, typename opmath_t = at::opmath_type<scalar_t>>
 inline void argmax_tap(const scalar_t* __restrict__ src, int64_t step, int64_t n, index_t pos, index_t pos_step,
-                       scalar_t* __restrict__ out, index_t* __restrict__ idx) {
+                       opmath_t* __restrict__ out, index_t* __restrict__ idx) {
   for (int64_t i = 0; i < n; ++i) {
-    const scalar_t v = src[i * step];
+    const opmath_t v = src[i * step];
     const bool take = v > out[i] || v != v;
     out[i] = take ? v : out[i];
     idx[i] = take ? pos + static_cast<index_t>(i) * pos_step : idx[i];
@@ -34,18 +34,21 @@ inline void argmax_tap(const scalar_t* __restrict__ src, int64_t step, int64_t n
 // ind = the flat position ih*W + iw of that maximum. Per plane and output row, each in-bounds
 // row tap ih of the window and each column tap j sweeps the whole row of outputs j is valid
 // for (tap_range), so the inner loop runs along W without bounds tests. The running argmax
-// lives in an index_t row allocated per chunk of planes.
+// and the running maximum (in opmath_t: float32 for bfloat16 and float16, so that the compares
+// need no conversions) live in rows allocated per chunk of planes.
 template <typename scalar_t, typename index_t>
 void max_pool_nchw(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
+  using opmath_t = at::opmath_type<scalar_t>;
   std::vector<TapRange> cols(g.kw);
   for (int64_t j = 0; j < g.kw; ++j) cols[j] = tap_range(j, g.sw, g.pw, g.dw, g.W, g.OW);
-  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  const opmath_t lowest = -std::numeric_limits<opmath_t>::infinity();
   at::parallel_for(0, g.planes(), grain_for(g.OH * g.OW * g.kh * g.kw), [&](int64_t p0, int64_t p1) {
     std::vector<index_t> arg(g.OW);
+    std::vector<opmath_t> best(g.OW);
+    opmath_t* out = best.data();
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* in = x + p * g.H * g.W;
       for (int64_t oh = 0; oh < g.OH; ++oh) {
-        scalar_t* out = y + (p * g.OH + oh) * g.OW;
         std::fill(out, out + g.OW, lowest);
         for (int64_t ow = 0; ow < g.OW; ++ow) arg[ow] = static_cast<index_t>(first_index(g, oh, ow));
         const Window rows = g.rows[oh];
@@ -55,6 +58,7 @@ void max_pool_nchw(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeome
             argmax_tap<scalar_t, index_t>(in + pos, g.sw, cols[j].hi - lo, pos, g.sw, out + lo, arg.data() + lo);
           }
         }
+        std::copy(best.begin(), best.end(), y + (p * g.OH + oh) * g.OW);  // exact: each is one of the inputs
         std::copy(arg.begin(), arg.end(), ind + (p * g.OH + oh) * g.OW);
       }
     }
@@ -62,19 +66,21 @@ void max_pool_nchw(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeome
 }
 
 // Forward, NHWC: the same max and argmax over each window's in-bounds taps, vectorised along C;
-// parallel over (n, oh) rows, the running argmax in an index_t row allocated per chunk.
+// parallel over (n, oh) rows, the running argmax and maximum in rows allocated per chunk.
 template <typename scalar_t, typename index_t>
 void max_pool_nhwc(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeometry& g) {
+  using opmath_t = at::opmath_type<scalar_t>;
   const int64_t C = g.C;
-  const scalar_t lowest = -std::numeric_limits<scalar_t>::infinity();
+  const opmath_t lowest = -std::numeric_limits<opmath_t>::infinity();
   at::parallel_for(0, g.N * g.OH, grain_for(g.OW * g.kh * g.kw * C), [&](int64_t r0, int64_t r1) {
     std::vector<index_t> arg(C);
+    std::vector<opmath_t> best(C);
+    opmath_t* out = best.data();
     for (int64_t r = r0; r < r1; ++r) {
       const int64_t n = r / g.OH, oh = r % g.OH;
       const Window rows = g.rows[oh];
       for (int64_t ow = 0; ow < g.OW; ++ow) {
         const Window cols = g.cols[ow];
-        scalar_t* out = y + (r * g.OW + ow) * C;
         std::fill(out, out + C, lowest);
         std::fill(arg.begin(), arg.end(), static_cast<index_t>(first_index(g, oh, ow)));
         for (int64_t ih = rows.first; ih < rows.first + rows.count * g.dh; ih += g.dh) {
@@ -83,6 +89,7 @@ void max_pool_nhwc(const scalar_t* x, scalar_t* y, int64_t* ind, const PoolGeome
             argmax_tap<scalar_t, index_t>(x + (n * g.H * g.W + pos) * C, 1, C, pos, 0, out, arg.data());
           }
         }
+        std::copy(best.begin(), best.end(), y + (r * g.OW + ow) * C);
         std::copy(arg.begin(), arg.end(), ind + (r * g.OW + ow) * C);
       }
     }

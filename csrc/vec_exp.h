@@ -15,11 +15,7 @@
 // clamp lets NaN through (max/min return their second operand when one is NaN), and NaN stays NaN.
 #pragma once
 
-#include "cpu_capability.h"
-
-#include <immintrin.h>
-
-#include <cstdint>
+#include "vec_avx2.h"
 
 namespace manual_ops {
 
@@ -43,25 +39,6 @@ MANUAL_OPS_AVX2 inline __m256 exp256(__m256 x) {
   const __m256 scale1 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n1, bias), 23));
   const __m256 scale2 = _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_add_epi32(n2, bias), 23));
   return _mm256_mul_ps(_mm256_mul_ps(p, scale1), scale2);
-}
-
-// The first k (0..8) lanes set, for masked loads and stores of a row's last partial vector.
-MANUAL_OPS_AVX2 inline __m256i first_lanes(int64_t k) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-}
-
-MANUAL_OPS_AVX2 inline float horizontal_sum(__m256 v) {
-  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_add_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
-}
-
-MANUAL_OPS_AVX2 inline float horizontal_max(__m256 v) {
-  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
-  s = _mm_max_ss(s, _mm_movehdup_ps(s));
-  return _mm_cvtss_f32(s);
 }
 
 }  // namespace manual_ops

@@ -16,7 +16,8 @@ PORTABLE_RUNS = {
     "conv2d": ["tests/test_conv2d.py", "-k", "parity or layouts or gradcheck or large_batch or full_correlation or property or requested"],
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
     "relu and cross_entropy": ["tests/test_relu.py", "tests/test_cross_entropy_kernels.py"],
-    "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy"],
+    "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
+    "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy or pool"],
 }
 
 

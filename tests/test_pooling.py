@@ -118,12 +118,26 @@ def test_avg_pool2d_matches_torch(k, s, p, ceil, cip, div, kind):
 @pytest.mark.parametrize("kind", LAYOUTS)
 @pytest.mark.parametrize("size", ADAPTIVE_SIZES)
 def test_adaptive_avg_pool2d_matches_torch(size, kind):
-    # We accumulate in float64 where torch accumulates in float32, over windows of <= 63 terms:
+    # We accumulate chunks of float32 sums in float64, torch in float32, over windows of <= 63 terms:
     # differences of a few float32 ulps of the mean, inside rtol=1e-5, atol=1e-6.
     x = layout(torch.randn(2, 5, 9, 8), kind)
     ya, yb, ga, gb = run_both(lambda t: mF.adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size), x)
     torch.testing.assert_close(ya, yb, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-6)
+    assert ga.stride() == gb.stride()
+
+
+@pytest.mark.parametrize("kind", LAYOUTS)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("size", [1, (2, 3)])
+def test_adaptive_avg_pool2d_long_windows_match_torch(size, dtype, kind):
+    """Windows of more than one 256-value chunk (23 * 17 = 391 values), rows (NCHW) and channel counts
+    (NHWC: 19) of full vectors, pairs of vectors and remainders; bfloat16 within its rounding."""
+    x = layout(torch.randn(2, 19, 23, 17) + 1, kind).to(dtype)
+    ya, yb, ga, gb = run_both(lambda t: mF.adaptive_avg_pool2d(t, size), lambda t: F.adaptive_avg_pool2d(t, size), x)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-7)
+    torch.testing.assert_close(ya, yb, **tol)
+    torch.testing.assert_close(ga, gb, **tol)
     assert ga.stride() == gb.stride()
 
 

@@ -1,9 +1,13 @@
 """Pooling: the autograd wiring around ``manual_ops::{max,avg,adaptive_avg}_pool2d_{forward,backward}``."""
 import torch
 
-from .._utils import applier, fast_apply, memory_format_of, register_autograd
+from .._utils import applier, below_autograd, fast_apply, memory_format_of, register_autograd
 
 _ops = torch.ops.manual_ops
+# The forward ops' autograd kernels are the Functions below (register_autograd), which call them past it.
+_max_forward_op = below_autograd(_ops.max_pool2d_forward)
+_avg_forward_op = below_autograd(_ops.avg_pool2d_forward)
+_adaptive_forward_op = below_autograd(_ops.adaptive_avg_pool2d_forward)
 
 
 def _pool_pair(value, name: str, op: str, omittable: bool = False) -> tuple[int, int]:
@@ -95,7 +99,7 @@ class MaxPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, dilation, ceil_mode):
-        return _ops.max_pool2d_forward(input, kernel_size, stride, padding, dilation, ceil_mode)
+        return _max_forward_op(input, kernel_size, stride, padding, dilation, ceil_mode)
 
     @staticmethod
     def setup_context(ctx, inputs, output):
@@ -151,7 +155,7 @@ class AvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad, divisor_override):
-        return _ops.avg_pool2d_forward(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
+        return _avg_forward_op(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
                                        divisor_override)
 
     @staticmethod
@@ -207,7 +211,7 @@ class AdaptiveAvgPool2dFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(input, output_size):
-        return _ops.adaptive_avg_pool2d_forward(input, output_size)
+        return _adaptive_forward_op(input, output_size)
 
     @staticmethod
     def setup_context(ctx, inputs, output):

@@ -1,7 +1,7 @@
-// Loads and stores of 8 float32 lanes from and to float32, bfloat16 and float16 memory, for the
-// AVX2 paths of the kernels (only callable where use_avx2() in cpu_capability.h holds; float16
-// also needs F16C, which every AVX2 CPU has). The conversions are those of c10::BFloat16 and
-// c10::Half, so the AVX2 and the portable code round alike:
+// Helpers of the AVX2 paths of the kernels (only callable where use_avx2() in cpu_capability.h
+// holds): loads and stores of 8 float32 lanes from and to float32, bfloat16 and float16 memory
+// (float16 needs F16C, which every AVX2 CPU has), masks and horizontal reductions. The conversions
+// are those of c10::BFloat16 and c10::Half, so the AVX2 and the portable code round alike:
 //
 // - bfloat16 -> float32 is exact: the 16 bits become the high half of the float32's bits;
 // - float32 -> bfloat16 rounds to nearest even: add 0x7FFF plus the lowest kept bit, then keep the
@@ -15,6 +15,8 @@
 #include "cpu_capability.h"
 
 #include <immintrin.h>
+
+#include <cstdint>
 
 namespace manual_ops {
 
@@ -64,6 +66,25 @@ MANUAL_OPS_AVX2 inline void store16(c10::Half* p, __m256 lo, __m256 hi) { store8
 
 MANUAL_OPS_AVX2 inline void store16(c10::BFloat16* p, __m256 lo, __m256 hi) {
   _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), pack16(bfloat16_bits(lo), bfloat16_bits(hi)));
+}
+
+// The first k (0..8) lanes set, for masked loads and stores of a row's last partial vector.
+MANUAL_OPS_AVX2 inline __m256i first_lanes(int64_t k) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(k)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+MANUAL_OPS_AVX2 inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+MANUAL_OPS_AVX2 inline float horizontal_max(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
 }
 
 }  // namespace manual_ops
