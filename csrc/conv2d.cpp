@@ -83,24 +83,24 @@ Tensor rows_view(const Tensor& nhwc) {
 }
 
 // dst[b, c, r] = src[b, r, c] for nb row-major (rows x cols) matrices: NCHW <-> NHWC of one
-// tile of samples (rows x cols = C x H*W one way, H*W x C the other). Each kBlock-square block
-// is read row by row into a local block and written out row by row, so every cache line of
-// either side is used whole at once (a column-wise walk of rows H*W*4 bytes apart would map
-// them all to one cache set and miss on every element).
-template <typename scalar_t>
-void transpose_planes(const scalar_t* src, scalar_t* dst, int64_t nb, int64_t rows, int64_t cols) {
+// tile of samples (rows x cols = C x H*W one way, H*W x C the other), converting src_t to dst_t.
+// Each kBlock-square block is read row by row into a local block and written out row by row, so
+// every cache line of either side is used whole at once (a column-wise walk of rows H*W*4 bytes
+// apart would map them all to one cache set and miss on every element).
+template <typename src_t, typename dst_t>
+void transpose_planes(const src_t* src, dst_t* dst, int64_t nb, int64_t rows, int64_t cols) {
   constexpr int64_t kBlock = 16;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
   at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    scalar_t block[kBlock][kBlock];
+    dst_t block[kBlock][kBlock];
     for (int64_t t = begin; t < end; ++t) {
       const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, nr = std::min(kBlock, rows - r0);
-      const scalar_t* s = src + b * rows * cols + r0 * cols;
-      scalar_t* d = dst + b * rows * cols + r0;
+      const src_t* s = src + b * rows * cols + r0 * cols;
+      dst_t* d = dst + b * rows * cols + r0;
       for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
         const int64_t nc = std::min(kBlock, cols - c0);
         for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < nc; ++c) block[c][r] = s[r * cols + c0 + c];
+          for (int64_t c = 0; c < nc; ++c) block[c][r] = static_cast<dst_t>(s[r * cols + c0 + c]);
         for (int64_t c = 0; c < nc; ++c)
           for (int64_t r = 0; r < nr; ++r) d[(c0 + c) * rows + r] = block[c][r];
       }
@@ -108,19 +108,25 @@ void transpose_planes(const scalar_t* src, scalar_t* dst, int64_t nb, int64_t ro
   });
 }
 
-// dst.copy_(src) for 4-D tensors of one dtype, by transpose_planes when one is NCHW- and the
-// other NHWC-contiguous (ATen's strided copy reads one side at a stride of H*W or C).
+// dst.copy_(src) for 4-D tensors of one dtype, or src of dst's sum_type (a float32 tile into a
+// bfloat16/float16 tensor), by transpose_planes when one is NCHW- and the other NHWC-contiguous
+// (ATen's strided copy reads one side at a stride of H*W or C).
 void copy_layout(Tensor& dst, const Tensor& src) {
   const bool to_nhwc = src.is_contiguous() && dst.is_contiguous(at::MemoryFormat::ChannelsLast);
   const bool to_nchw = src.is_contiguous(at::MemoryFormat::ChannelsLast) && dst.is_contiguous();
-  if (src.scalar_type() != dst.scalar_type() || !(to_nhwc || to_nchw)) {
+  const bool same_type = src.scalar_type() == dst.scalar_type();
+  if (!(same_type || src.scalar_type() == sum_type(dst)) || !(to_nhwc || to_nchw)) {
     dst.copy_(src);
     return;
   }
-  const int64_t C = src.size(1), P = src.size(2) * src.size(3);
-  MANUAL_OPS_DISPATCH_FLOATING(src.scalar_type(), "transpose_planes", [&] {
-    transpose_planes<scalar_t>(src.const_data_ptr<scalar_t>(), dst.mutable_data_ptr<scalar_t>(), src.size(0),
-                               to_nhwc ? C : P, to_nhwc ? P : C);
+  const int64_t C = src.size(1), P = src.size(2) * src.size(3), rows = to_nhwc ? C : P, cols = to_nhwc ? P : C;
+  MANUAL_OPS_DISPATCH_FLOATING(dst.scalar_type(), "transpose_planes", [&] {
+    scalar_t* out = dst.mutable_data_ptr<scalar_t>();
+    if (same_type) {
+      transpose_planes(src.const_data_ptr<scalar_t>(), out, src.size(0), rows, cols);
+    } else {
+      transpose_planes(src.const_data_ptr<at::opmath_type<scalar_t>>(), out, src.size(0), rows, cols);
+    }
   });
 }
 
@@ -159,14 +165,22 @@ struct NhwcTiles {
   }
 };
 
-// The column matrix of the nb samples of x_tile (NHWC), group g: x_tile itself for a
+// The (nb * OH * OW, Cg) matrix of a pointwise conv's input pixels in the nb samples of the NHWC
+// `tile` (of the input or of its gradient), group g, in place: row (b, oh, ow) at pixel
+// (b, oh * sh, ow * sw), that is (b * OH + oh) * sh * W * C + ow * sw * C (as H = OH * sh).
+Matrix pixel_rows(const Tensor& tile, const ConvGeometry& G, int64_t nb, int64_t g) {
+  const Dim rows{nb * G.L(), G.sw * G.C, G.OW, G.sh * G.W * G.C};
+  return {tile, g * G.Cg(), G.sh == 1 && G.sw == 1 ? Dim::plain(rows.size, G.C) : rows, Dim::plain(G.Cg(), 1)};
+}
+
+// The column matrix of the nb samples of x_tile (NHWC), group g: a view of x_tile for a
 // pointwise conv, else im2col into `buffer`.
-Tensor columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
-  if (G.pointwise()) return rows_view(x_tile).narrow(1, g * G.Cg(), G.Cg());
+Matrix columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
+  if (G.pointwise()) return pixel_rows(x_tile, G, nb, g);
   MANUAL_OPS_DISPATCH_FLOATING(x_tile.scalar_type(), "im2col_nhwc", [&] {
     im2col_nhwc<scalar_t>(x_tile.const_data_ptr<scalar_t>(), G, nb, g, buffer.mutable_data_ptr<scalar_t>());
   });
-  return buffer.narrow(0, 0, nb * G.L());
+  return matrix(buffer.narrow(0, 0, nb * G.L()));
 }
 
 // W[co, (i, j, c)]: a weight (or grad_weight) as a (Cout, K) matrix in the column matrix's tap
@@ -219,10 +233,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
     const Tensor y_tile = y.buffer(b0, nb);
     const Tensor y_rows = rows_view(y_tile);
     for (int64_t g = 0; g < G.groups; ++g) {
-      const Tensor cols = columns(x_tile, G, nb, g, buffer);
+      const Matrix cols = columns(x_tile, G, nb, g, buffer);
       Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
       const Matrix w_t = w_taps.narrow_rows(g * G.Coutg(), G.Coutg()).transposed();
-      matmul(matrix(cols), w_t, matrix(y_g), false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
+      matmul(cols, w_t, matrix(y_g), false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
     }
     y.write(b0, nb, y_tile);
   }
@@ -272,8 +286,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       const Tensor dy_rows = rows_view(dy.read(b0, nb));
       const Tensor x_tile = x.read(b0, nb);
       for (int64_t g = 0; g < G.groups; ++g) {
-        const Tensor cols = columns(x_tile, G, nb, g, cols_buffer);
-        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), matrix(cols),
+        const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
+        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
                dw_taps.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
       }
     }
@@ -284,7 +298,10 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0) {
     const Matrix w_taps = weight_taps(weight, G, true);
-    NhwcTiles dy{grad_output, B, input.scalar_type()}, dx{grad_input, B, sum_type(input)};
+    // dX in float32 tiles for low precision where col2im sums taps; a pointwise conv's dX values are
+    // each one GEMM result, rounded once straight into the input's dtype.
+    NhwcTiles dy{grad_output, B, input.scalar_type()};
+    NhwcTiles dx{grad_input, B, G.pointwise() ? input.scalar_type() : sum_type(input)};
     Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
     for (int64_t b0 = 0; b0 < G.N; b0 += B) {
       const int64_t nb = std::min(B, G.N - b0);
@@ -293,8 +310,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       for (int64_t g = 0; g < G.groups; ++g) {
         const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
         const Matrix w_g = w_taps.narrow_rows(g * G.Coutg(), G.Coutg());
-        if (G.pointwise()) {
-          matmul(matrix(dy_g), w_g, matrix(rows_view(dx_tile).narrow(1, g * G.Cg(), G.Cg())), false);
+        if (G.pointwise()) {  // a strided conv's dX is 0 between the pixels it reads
+          if ((G.sh > 1 || G.sw > 1) && g == 0) dx_tile.zero_();
+          matmul(matrix(dy_g), w_g, pixel_rows(dx_tile, G, nb, g), false);
         } else {
           Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
           matmul(matrix(dy_g), w_g, matrix(dcols), false);

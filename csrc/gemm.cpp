@@ -7,6 +7,7 @@
 // added into the block's float32 result. The finished block gets the bias (and the old C) and
 // is rounded once into C.
 #include "gemm.h"
+#include "vec_avx2.h"
 
 #include <immintrin.h>
 
@@ -94,6 +95,29 @@ MANUAL_OPS_AVX2 void micro_kernel(int64_t kc, const float* __restrict a,
   store_row(acc + 4 * ld, c40, c41, accumulate), store_row(acc + 5 * ld, c50, c51, accumulate);
 }
 
+// One row of the epilogue where C's columns are adjacent: c[j] = a[j] + row_bias (+ col_bias[j])
+// (+ c[j] when `accumulate`), rounded once into TC; 16 values a step (one bfloat16 pack).
+template <typename TC>
+MANUAL_OPS_AVX2 void epilogue_row(TC* c, const float* a, int64_t n, float row_bias, const float* col_bias,
+                                  bool accumulate) {
+  const __m256 rb = _mm256_set1_ps(row_bias);
+  auto eight = [&](int64_t j) MANUAL_OPS_AVX2 {
+    __m256 v = _mm256_add_ps(_mm256_loadu_ps(a + j), rb);
+    if (col_bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(col_bias + j));
+    if (accumulate) v = _mm256_add_ps(v, load8(c + j));
+    return v;
+  };
+  int64_t j = 0;
+  for (; j + 16 <= n; j += 16) store16(c + j, eight(j), eight(j + 8));
+  for (; j + 8 <= n; j += 8) store8(c + j, eight(j));
+  for (; j < n; ++j) {
+    float v = a[j] + row_bias;
+    if (col_bias != nullptr) v += col_bias[j];
+    if (accumulate) v += static_cast<float>(c[j]);
+    c[j] = static_cast<TC>(v);
+  }
+}
+
 // C = A @ B + bias, or C += A @ B + bias when `accumulate`, for float32 `bias` (one value per column
 // of C, or nullptr). Each C[i, j] is a float32 fused-multiply-add chain over k, rounded once into TC.
 template <typename TA, typename TC>
@@ -174,11 +198,16 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
         }
         if (in_place) continue;
         // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
+        const bool unit_cols = C.cols.is_plain() && C.cols.stride == 1;
         for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
         for (int64_t i = 0; i < mc; ++i) {
           TC* c = C.data + C.rows.offset(ic + i);
           const float* a = acc.data() + i * nc_max;
           const float row_bias = bias != nullptr && transpose ? bias[ic + i] : 0.f;
+          if (unit_cols) {
+            epilogue_row(c + jc, a, nc, row_bias, bias != nullptr && !transpose ? bias + jc : nullptr, accumulate);
+            continue;
+          }
           for (int64_t j = 0; j < nc; ++j) {
             float v = a[j] + row_bias;
             if (bias != nullptr && !transpose) v += bias[jc + j];

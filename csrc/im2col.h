@@ -31,10 +31,12 @@ struct ConvGeometry {
   int64_t Coutg() const { return Cout / groups; }
   int64_t L() const { return OH * OW; }
   int64_t K() const { return kh * kw * Cg(); }  // GEMM reduction length of one group
-  // A 1x1, stride-1, unpadded conv needs no im2col: the NHWC input is the column matrix.
-  // (Any other 1x1 conv's im2col is a row gather, see im2col_nhwc.)
+  // A 1x1 unpadded conv whose rows of input pixels are evenly spaced (H divisible by the stride,
+  // so that H = OH * sh) needs no im2col: its column matrix is a strided view of the NHWC input,
+  // row (b, oh, ow) at pixel (b, oh * sh, ow * sw). (Any other 1x1 conv's im2col is a row gather,
+  // see im2col_nhwc.)
   bool pointwise() const {
-    return kh == 1 && kw == 1 && sh == 1 && sw == 1 && pt == 0 && pl == 0 && pb == 0 && pr == 0;
+    return kh == 1 && kw == 1 && pt == 0 && pl == 0 && pb == 0 && pr == 0 && H % sh == 0;
   }
 };
 

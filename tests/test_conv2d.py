@@ -89,6 +89,19 @@ def test_parity_float32(stride, padding, dilation, groups, k):
     assert_parity(x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
 
 
+@pytest.mark.parametrize("stride", [2, 3, (2, 3)])
+@pytest.mark.parametrize("groups", [1, 2])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_parity_strided_pointwise(stride, groups, channels_last):
+    """1x1 unpadded convs whose input rows are evenly spaced (H = 12 divisible by the stride): the column
+    matrix and dX are strided views of the NHWC tiles, with no im2col (W = 10 need not divide)."""
+    x = torch.randn(3, 4, 12, 10)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    w = torch.randn(6, 4 // groups, 1, 1)
+    assert_parity(x, w, torch.randn(6), dict(stride=stride, groups=groups))
+
+
 LAYOUTS = ["channels_last", "noncontiguous", "weight_channels_last", "both_channels_last", "expanded_bias"]
 
 

@@ -77,6 +77,17 @@ def test_conv2d(dtype, stride, padding, dilation, groups, bias, k, cl):
 
 
 @pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("stride,groups,cl", [(2, 1, False), (2, 2, True), (3, 1, True)])
+def test_conv2d_strided_pointwise(dtype, stride, groups, cl):
+    """A 1x1 strided conv over evenly spaced rows (H = 12): strided views instead of im2col, dX rounded once
+    straight into the input's dtype."""
+    x = _x(2, 8, 12, 11, channels_last=cl)
+    w = (torch.randn(8, 8 // groups, 1, 1, dtype=torch.float64) / 3).requires_grad_()
+    check_accuracy(lambda *a: mF.conv2d(*a, stride=stride, groups=groups),
+                   lambda *a: F.conv2d(*a, stride=stride, groups=groups), [x, w], [dtype, dtype])
+
+
+@pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("k,groups", [(3, 1), (1, 1), (3, 2)])
 def test_conv2d_small_image_many_channels(dtype, k, groups):
     """grad_weight by one GEMM over the batch, rounded straight into the dtype (conv2d.cpp: its column
