@@ -173,10 +173,17 @@ Matrix pixel_rows(const Tensor& tile, const ConvGeometry& G, int64_t nb, int64_t
   return {tile, g * G.Cg(), G.sh == 1 && G.sw == 1 ? Dim::plain(rows.size, G.C) : rows, Dim::plain(G.Cg(), 1)};
 }
 
-// The column matrix of the nb samples of x_tile (NHWC), group g: a view of x_tile for a
-// pointwise conv, else im2col into `buffer`.
+// Whether the column matrix (and dX) are views of the NHWC tiles (pixel_rows) rather than im2col
+// (col2im) buffers: pointwise convs, the strided ones only for our GEMM (own_gemm), which reads
+// and writes any view in place; at::mm would copy a strided view itself, slower than im2col.
+bool view_columns(const ConvGeometry& G, at::ScalarType t) {
+  return G.pointwise() && ((G.sh == 1 && G.sw == 1) || own_gemm(t));
+}
+
+// The column matrix of the nb samples of x_tile (NHWC), group g: a view of x_tile
+// (view_columns), else im2col into `buffer`.
 Matrix columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
-  if (G.pointwise()) return pixel_rows(x_tile, G, nb, g);
+  if (view_columns(G, x_tile.scalar_type())) return pixel_rows(x_tile, G, nb, g);
   MANUAL_OPS_DISPATCH_FLOATING(x_tile.scalar_type(), "im2col_nhwc", [&] {
     im2col_nhwc<scalar_t>(x_tile.const_data_ptr<scalar_t>(), G, nb, g, buffer.mutable_data_ptr<scalar_t>());
   });
@@ -226,7 +233,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
-  Tensor buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
+  const bool views = view_columns(G, input.scalar_type());
+  Tensor buffer = views ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
   for (int64_t b0 = 0; b0 < G.N; b0 += B) {
     const int64_t nb = std::min(B, G.N - b0);
     const Tensor x_tile = x.read(b0, nb);
@@ -280,7 +288,8 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     if (input.numel() == 0) dw.zero_();
     const Matrix dw_taps = weight_taps(dw, G);
     NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
-    Tensor cols_buffer = G.pointwise() || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
+    const bool views = view_columns(G, input.scalar_type());
+    Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
     for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
       const int64_t nb = std::min(Bw, G.N - b0);
       const Tensor dy_rows = rows_view(dy.read(b0, nb));
@@ -298,11 +307,12 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0) {
     const Matrix w_taps = weight_taps(weight, G, true);
-    // dX in float32 tiles for low precision where col2im sums taps; a pointwise conv's dX values are
-    // each one GEMM result, rounded once straight into the input's dtype.
+    // dX in float32 tiles for low precision where col2im sums taps; with view_columns, each dX value
+    // is one GEMM result, rounded once straight into the input's dtype.
+    const bool views = view_columns(G, input.scalar_type());
     NhwcTiles dy{grad_output, B, input.scalar_type()};
-    NhwcTiles dx{grad_input, B, G.pointwise() ? input.scalar_type() : sum_type(input)};
-    Tensor dcols_buffer = G.pointwise() ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
+    NhwcTiles dx{grad_input, B, views ? input.scalar_type() : sum_type(input)};
+    Tensor dcols_buffer = views ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
     for (int64_t b0 = 0; b0 < G.N; b0 += B) {
       const int64_t nb = std::min(B, G.N - b0);
       const Tensor dy_rows = rows_view(dy.read(b0, nb));
@@ -310,7 +320,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       for (int64_t g = 0; g < G.groups; ++g) {
         const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
         const Matrix w_g = w_taps.narrow_rows(g * G.Coutg(), G.Coutg());
-        if (G.pointwise()) {  // a strided conv's dX is 0 between the pixels it reads
+        if (views) {  // a strided conv's dX is 0 between the pixels it reads
           if ((G.sh > 1 || G.sw > 1) && g == 0) dx_tile.zero_();
           matmul(matrix(dy_g), w_g, pixel_rows(dx_tile, G, nb, g), false);
         } else {
