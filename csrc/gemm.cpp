@@ -37,16 +37,42 @@ int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 // depth-major: out[panel * W * kc + p * W + w] = S[r0 + panel * W + w, p0 + p], zero past `rows`.
 // Used for A's rows (W = MR) and, through B^T, for B's columns (W = NR). Converts T to float32.
 // The depth offsets are tabulated once per call, so a split dimension costs no division per value.
+// A panel of MR rows whose depths are adjacent (row w at rows[w], depth p at + p): 8 depths of the
+// MR rows are loaded as 8 vectors (two of them zero), transposed, and each depth's MR values
+// stored; the stores overlap by 8 - MR floats, the next depth's store overwriting the excess.
+template <typename T>
+MANUAL_OPS_AVX2 void pack_rows_avx2(const T* const* rows, int64_t kc, float* out) {
+  static_assert(MR <= 8, "one vector per row of the panel");
+  int64_t p = 0;
+  for (; p + 8 <= kc; p += 8) {
+    __m256 r[8];
+    for (int64_t w = 0; w < 8; ++w) r[w] = w < MR ? load8(rows[w] + p) : _mm256_setzero_ps();
+    transpose8(r);
+    for (int64_t q = 0; q < 7; ++q) _mm256_storeu_ps(out + (p + q) * MR, r[q]);
+    _mm256_maskstore_ps(out + (p + 7) * MR, first_lanes(MR), r[7]);
+  }
+  for (; p < kc; ++p)
+    for (int64_t w = 0; w < MR; ++w) out[p * MR + w] = static_cast<float>(rows[w][p]);
+}
+
 template <int64_t W, typename T>
 void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* out) {
   int64_t depth[KC];
   for (int64_t p = 0; p < kc; ++p) depth[p] = S.cols.offset(p0 + p);
+  // A's panels where each row's depths are adjacent (an im2col matrix, an NHWC gradient): vectorised.
+  const bool adjacent_depths = W == MR && S.cols.is_plain() && S.cols.stride == 1;
   for (int64_t r = 0; r < rows; r += W, out += W * kc) {
     const int64_t w_valid = std::min(W, rows - r);
     if (S.rows.is_plain() && S.rows.stride == 1 && w_valid == W) {  // a panel's W values of one depth are adjacent
       const T* src = S.data + S.rows.offset(r0 + r);
       for (int64_t p = 0; p < kc; ++p)
         for (int64_t w = 0; w < W; ++w) out[p * W + w] = static_cast<float>(src[depth[p] + w]);
+      continue;
+    }
+    if (adjacent_depths && w_valid == W) {
+      const T* panel_rows[MR];
+      for (int64_t w = 0; w < MR; ++w) panel_rows[w] = S.data + S.rows.offset(r0 + r + w) + depth[0];
+      pack_rows_avx2(panel_rows, kc, out);
       continue;
     }
     for (int64_t w = 0; w < W; ++w) {

@@ -89,6 +89,17 @@ def test_parity_float32(stride, padding, dilation, groups, k):
     assert_parity(x, w, b, dict(stride=stride, padding=padding, dilation=dilation, groups=groups))
 
 
+@pytest.mark.parametrize("k,stride", [(3, 1), (1, 1), (1, 2)])
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_parity_channels_and_pixels_past_a_vector(k, stride, channels_last):
+    """Channel and pixel counts of whole 8 x 8 blocks and remainders (C = 12, Cout = 20, 9 x 9 pixels), so
+    that the NCHW <-> NHWC transposes take their vector blocks and their edges."""
+    x = torch.randn(2, 12, 9, 9)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    assert_parity(x, torch.randn(20, 12, k, k) / k, torch.randn(20), dict(stride=stride, padding=k // 2))
+
+
 @pytest.mark.parametrize("stride", [2, 3, (2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
