@@ -40,6 +40,17 @@ struct ConvGeometry {
   }
 };
 
+// dst[0, n) = src[0, n): a loop for short runs (a 3-channel stem's kernel row is 9 values), where a
+// call to memmove would cost more than the copy itself.
+template <typename scalar_t>
+inline void copy_run(const scalar_t* __restrict src, int64_t n, scalar_t* __restrict dst) {
+  if (n >= 32) {
+    std::copy_n(src, n, dst);
+    return;
+  }
+  for (int64_t i = 0; i < n; ++i) dst[i] = src[i];
+}
+
 // cols[r, :] for the rows r of the nb NHWC samples at x, group g.
 template <typename scalar_t>
 void im2col_nhwc(const scalar_t* x, const ConvGeometry& G, int64_t nb, int64_t g, scalar_t* cols) {
@@ -60,7 +71,7 @@ void im2col_nhwc(const scalar_t* x, const ConvGeometry& G, int64_t nb, int64_t g
         }
         const scalar_t* src = x + (b * G.H + ih) * G.W * G.C + g * Cg;  // x[b, ih, 0, g*Cg]
         if (row_runs && iw0 >= 0 && iw0 + G.kw <= G.W) {
-          std::copy_n(src + iw0 * G.C, G.kw * Cg, dst);
+          copy_run(src + iw0 * G.C, G.kw * Cg, dst);
           continue;
         }
         for (int64_t j = 0; j < G.kw; ++j) {
@@ -68,7 +79,7 @@ void im2col_nhwc(const scalar_t* x, const ConvGeometry& G, int64_t nb, int64_t g
           if (iw < 0 || iw >= G.W) {
             std::fill_n(dst + j * Cg, Cg, scalar_t(0));
           } else {
-            std::copy_n(src + iw * G.C, Cg, dst + j * Cg);
+            copy_run(src + iw * G.C, Cg, dst + j * Cg);
           }
         }
       }
