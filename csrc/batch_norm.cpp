@@ -184,18 +184,20 @@ MANUAL_OPS_AVX2 void rows_sums_avx2(const T* u, const T* v, int64_t rows, int64_
 }
 
 template <typename T>
-MANUAL_OPS_AVX2 void row_sums_avx2(const T* u, const T* v, int64_t C, const float* ku, const float* m, float* a1,
-                                   float* a2) {
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) {
-    const __m256 d = _mm256_sub_ps(load8(u + c), _mm256_loadu_ps(ku + c));
-    _mm256_storeu_ps(a1 + c, _mm256_add_ps(_mm256_loadu_ps(a1 + c), d));
-    _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(d, _mm256_sub_ps(load8(v + c), _mm256_loadu_ps(m + c)),
-                                             _mm256_loadu_ps(a2 + c)));
-  }
-  for (; c < C; ++c) {
-    const float d = float(u[c]) - ku[c];
-    a1[c] += d, a2[c] += d * (float(v[c]) - m[c]);
+MANUAL_OPS_AVX2 void nlc_rows_sums_avx2(const T* u, const T* v, int64_t rows, int64_t C, const float* ku,
+                                        const float* m, float* a1, float* a2) {
+  for (int64_t r = 0; r < rows; ++r, u += C, v += C) {
+    int64_t c = 0;
+    for (; c + 8 <= C; c += 8) {
+      const __m256 d = _mm256_sub_ps(load8(u + c), _mm256_loadu_ps(ku + c));
+      _mm256_storeu_ps(a1 + c, _mm256_add_ps(_mm256_loadu_ps(a1 + c), d));
+      _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(d, _mm256_sub_ps(load8(v + c), _mm256_loadu_ps(m + c)),
+                                               _mm256_loadu_ps(a2 + c)));
+    }
+    for (; c < C; ++c) {
+      const float d = float(u[c]) - ku[c];
+      a1[c] += d, a2[c] += d * (float(v[c]) - m[c]);
+    }
   }
 }
 
@@ -231,16 +233,18 @@ void rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, in
   }
 }
 
-// One row of C channels (NLC): a1[c] += u[c] - ku[c],  a2[c] += (u[c] - ku[c]) * (v[c] - m[c]).
+// Consecutive NLC rows of C channels: a1[c] += u[c] - ku[c],  a2[c] += (u[c] - ku[c]) * (v[c] - m[c]).
 template <typename scalar_t, typename opmath_t>
-void row_sums(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* ku, const opmath_t* m,
-              opmath_t* __restrict__ a1, opmath_t* __restrict__ a2) {
+void nlc_rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* ku,
+                   const opmath_t* m, opmath_t* __restrict__ a1, opmath_t* __restrict__ a2) {
   if constexpr (has_avx2_path<scalar_t, opmath_t>) {
-    if (use_avx2()) return row_sums_avx2(u, v, C, ku, m, a1, a2);
+    if (use_avx2()) return nlc_rows_sums_avx2(u, v, rows, C, ku, m, a1, a2);
   }
-  for (int64_t c = 0; c < C; ++c) {
-    const opmath_t d = opmath_t(u[c]) - ku[c];
-    a1[c] += d, a2[c] += d * (opmath_t(v[c]) - m[c]);
+  for (int64_t r = 0; r < rows; ++r, u += C, v += C) {
+    for (int64_t c = 0; c < C; ++c) {
+      const opmath_t d = opmath_t(u[c]) - ku[c];
+      a1[c] += d, a2[c] += d * (opmath_t(v[c]) - m[c]);
+    }
   }
 }
 
@@ -252,7 +256,7 @@ void row_sums(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* k
 // block, values are summed in opmath_t partial sums (allocated per block) flushed to the acc_t
 // sums every kChunk values per channel: NCL rows into kLanes lanes per channel (a long
 // row in chunks of kChunk, short rows (L < kChunk) with the lanes kept across rows, so that a row
-// costs no horizontal reduction; rows_sums), NLC rows into one partial sum per channel (row_sums).
+// costs no horizontal reduction; rows_sums), NLC rows into one partial sum per channel (nlc_rows_sums).
 template <typename scalar_t, typename opmath_t, typename acc_t>
 void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
   constexpr int64_t kBlocks = 16;
@@ -278,8 +282,8 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
       const int64_t r0 = b * per_block, r1 = std::min(rows, r0 + per_block);
       if (g.nlc) {
         for (int64_t q = r0; q < r1; q += flush_rows) {
-          for (int64_t r = q; r < std::min(r1, q + flush_rows); ++r)
-            row_sums(t.u + r * C, t.v + r * C, C, t.ku.data(), t.m.data(), a1.data(), a2.data());
+          nlc_rows_sums(t.u + q * C, t.v + q * C, std::min(r1, q + flush_rows) - q, C, t.ku.data(), t.m.data(),
+                        a1.data(), a2.data());
           flush();
         }
         continue;
@@ -307,7 +311,7 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
     for (int64_t c = 0; c < C; ++c) S1[c] += P1[b * C + c], S2[c] += P2[b * C + c];
 }
 
-// The AVX2 versions of affine_run and affine_rows (see cpu_capability.h).
+// The AVX2 versions of affine_run, affine_nlc_rows and affine_rows (see cpu_capability.h).
 template <bool per_lane, typename T>
 MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void affine_run_avx2(const T* u, const T* v, int64_t n,
                                                                            const float* A, const float* B,
@@ -336,9 +340,11 @@ MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void affine_run_avx2(const
 }
 
 template <typename T>
-MANUAL_OPS_AVX2 void affine_row_avx2(const T* u, const T* v, int64_t C, const float* A, const float* B,
-                                     const float* Mu, const float* K, T* out) {
-  affine_run_avx2<true>(u, v, C, A, B, Mu, K, out);
+MANUAL_OPS_AVX2 void affine_nlc_rows_avx2(const T* u, const T* v, int64_t rows, int64_t C, const float* A,
+                                          const float* B, const float* Mu, const float* K, T* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    affine_run_avx2<true>(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
+  }
 }
 
 template <typename T>
@@ -368,14 +374,16 @@ void affine_run(const scalar_t* u, const scalar_t* v, int64_t n, const opmath_t*
   }
 }
 
-// One NLC row of C values, value c with the coefficients of channel c.
+// Consecutive NLC rows of C values, value c of a row with the coefficients of channel c.
 template <typename scalar_t, typename opmath_t>
-void affine_row(const scalar_t* u, const scalar_t* v, int64_t C, const opmath_t* A, const opmath_t* B,
-                const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
+void affine_nlc_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* A,
+                     const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
   if constexpr (has_avx2_path<scalar_t, opmath_t>) {
-    if (use_avx2()) return affine_row_avx2(u, v, C, A, B, Mu, K, out);
+    if (use_avx2()) return affine_nlc_rows_avx2(u, v, rows, C, A, B, Mu, K, out);
   }
-  affine_run<true>(u, v, C, A, B, Mu, K, out);
+  for (int64_t r = 0; r < rows; ++r) {
+    affine_run<true>(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
+  }
 }
 
 // Consecutive NCL rows of L values, row r with the coefficients of channel c (c for the first
@@ -413,8 +421,8 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
   }
   at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
                    [&](int64_t r0, int64_t r1) {
-                     for (int64_t r = r0; r < r1; ++r)
-                       affine_row(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
+                     affine_nlc_rows(u ? u + r0 * C : nullptr, v ? v + r0 * C : nullptr, r1 - r0, C, A, B, Mu, K,
+                                     out + r0 * C);
                    });
 }
 
