@@ -2,8 +2,11 @@
 // Derivation: docs/derivations.md, "relu".
 #include "common.h"
 #include "cpu_capability.h"
+#include "vec_avx2.h"
 
 #include <immintrin.h>
+
+#include <type_traits>
 
 namespace manual_ops {
 namespace {
@@ -37,24 +40,63 @@ MANUAL_OPS_AVX2 void relu_backward_avx2(const float* y, const float* g, float* g
   for (; i < end; ++i) gi[i] = y[i] <= 0.0f ? 0.0f : g[i];
 }
 
-// Runs the AVX2 loop where there is one (float32, use_avx2()); false: the caller runs its own.
-bool relu_vectorised(const float* in, float* out, int64_t begin, int64_t end) {
-  if (use_avx2()) relu_avx2(in, out, begin, end);
-  return use_avx2();
+// bfloat16 and float16, 16 values a step: the ordered compare kCmp of each value (as float32) with 0,
+// as 16-bit masks (the 32-bit masks packed with signed saturation, which keeps all-ones and zero,
+// in order as in vec_avx2.h's pack16); and-not with the mask keeps the other operand's bits as they are.
+template <int kCmp, typename T>
+MANUAL_OPS_AVX2 inline __m256i compare16(const T* p) {
+  const __m256 zero = _mm256_setzero_ps();
+  const __m256i lo = _mm256_castps_si256(_mm256_cmp_ps(load8(p), zero, kCmp));
+  const __m256i hi = _mm256_castps_si256(_mm256_cmp_ps(load8(p + 8), zero, kCmp));
+  return _mm256_permute4x64_epi64(_mm256_packs_epi32(lo, hi), 0xD8);
 }
 
 template <typename T>
-bool relu_vectorised(const T*, T*, int64_t, int64_t) {
+MANUAL_OPS_AVX2 void relu16_avx2(const T* in, T* out, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + i), _mm256_andnot_si256(compare16<_CMP_LT_OQ>(in + i), v));
+  }
+  for (; i < end; ++i) out[i] = in[i] < T(0) ? T(0) : in[i];
+}
+
+template <typename T>
+MANUAL_OPS_AVX2 void relu16_backward_avx2(const T* y, const T* g, T* gi, int64_t begin, int64_t end) {
+  int64_t i = begin;
+  for (; i + 16 <= end; i += 16) {
+    const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(gi + i), _mm256_andnot_si256(compare16<_CMP_LE_OQ>(y + i), gv));
+  }
+  for (; i < end; ++i) gi[i] = y[i] <= T(0) ? T(0) : g[i];
+}
+
+template <typename T>
+constexpr bool is_16bit = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
+
+// Runs the AVX2 loop where there is one (float32, bfloat16 and float16, use_avx2()); false: the
+// caller runs its own.
+template <typename T>
+bool relu_vectorised(const T* in, T* out, int64_t begin, int64_t end) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) relu_avx2(in, out, begin, end);
+    return use_avx2();
+  } else if constexpr (is_16bit<T>) {
+    if (use_avx2()) relu16_avx2(in, out, begin, end);
+    return use_avx2();
+  }
   return false;
 }
 
-bool relu_backward_vectorised(const float* y, const float* g, float* gi, int64_t begin, int64_t end) {
-  if (use_avx2()) relu_backward_avx2(y, g, gi, begin, end);
-  return use_avx2();
-}
-
 template <typename T>
-bool relu_backward_vectorised(const T*, const T*, T*, int64_t, int64_t) {
+bool relu_backward_vectorised(const T* y, const T* g, T* gi, int64_t begin, int64_t end) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (use_avx2()) relu_backward_avx2(y, g, gi, begin, end);
+    return use_avx2();
+  } else if constexpr (is_16bit<T>) {
+    if (use_avx2()) relu16_backward_avx2(y, g, gi, begin, end);
+    return use_avx2();
+  }
   return false;
 }
 

@@ -11,11 +11,11 @@ import manual_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The tests whose kernels have an AVX2 version, re-run with the portable code.
+# The tests whose kernels have an AVX2 version, re-run with the portable code (relu's and cross_entropy's
+# own files rerun theirs: test_portable_kernels_too, test_cross_entropy_kernels.py).
 PORTABLE_RUNS = {
     "conv2d": ["tests/test_conv2d.py", "-k", "parity or layouts or gradcheck or large_batch or full_correlation or property or requested"],
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
-    "relu and cross_entropy": ["tests/test_relu.py", "tests/test_cross_entropy_kernels.py"],
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
     "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy or pool"],
 }

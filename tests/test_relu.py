@@ -57,16 +57,24 @@ def test_parity_float32(layout, inplace):
     assert torch.equal(ours_leaf.grad, ref_leaf.grad)
 
 
-def test_nan_and_signed_zero_like_torch():
-    # 35 values: full 8-lane vectors of the AVX2 kernels and a tail (see test_portable_kernels_too)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_nan_and_signed_zero_like_torch(dtype):
+    # 35 values: full vectors of the AVX2 kernels (8 float32 or 16 bfloat16/float16 values) and a tail
+    # (see test_portable_kernels_too); NaN where torch has NaN (ours passes the input's NaN through; torch's
+    # bfloat16 relu returns another NaN's bits), every other output bit for bit (the sign of -0.0 included)
     special = [float("nan"), -0.0, 0.0, -1.0, 2.0, float("-inf"), float("inf")]
-    x = torch.tensor(special * 5, requires_grad=True)
+    x = torch.tensor(special * 5, dtype=dtype, requires_grad=True)
     ours, ref = mF.relu(x), torch.relu(x)
-    torch.testing.assert_close(ours, ref, equal_nan=True)
-    assert torch.equal(torch.signbit(ours), torch.signbit(ref))
-    (g_ours,) = torch.autograd.grad(ours.sum(), x)
-    (g_ref,) = torch.autograd.grad(ref.sum(), x)
+    assert torch.equal(ours.isnan(), ref.isnan())
+    bits = torch.int16 if dtype != torch.float32 else torch.int32
+    assert torch.equal(ours.detach().nan_to_num().view(bits), ref.detach().nan_to_num().view(bits))
+    grad = torch.arange(1.0, 36.0, dtype=dtype)
+    (g_ours,) = torch.autograd.grad(ours, x, grad)
+    (g_ref,) = torch.autograd.grad(ref, x, grad)
     assert torch.equal(g_ours, g_ref)
+    inplace = x.detach().clone()
+    mF.relu(inplace, inplace=True)
+    assert torch.equal(inplace.nan_to_num(), ref.detach().nan_to_num()) and torch.equal(inplace.isnan(), ref.isnan())
 
 
 def test_portable_kernels_too():
