@@ -337,6 +337,13 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
     if (input.numel() == 0) dw.zero_();
     const Matrix dw_taps = weight_taps(dw, G);
+    // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
+    // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
+    // once (not one product per tile, added into the view apart).
+    const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_taps.cols.is_plain() && input.numel() > 0;
+    Tensor dw_sum = plain_sum ? at::empty({G.Cout, G.K()}, dw.options().memory_format(at::MemoryFormat::Contiguous))
+                              : Tensor();
+    const Matrix dw_target = plain_sum ? matrix(dw_sum) : dw_taps;
     NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
     const bool views = view_columns(G, input.scalar_type());
     Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
@@ -347,10 +354,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       for (int64_t g = 0; g < G.groups; ++g) {
         const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
         matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
-               dw_taps.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
+               dw_target.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
       }
     }
     cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
+    if (plain_sum) dw.permute({0, 2, 3, 1}).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
     grad_weight = dw.to(weight.scalar_type());
   }
 
