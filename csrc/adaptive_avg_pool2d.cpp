@@ -6,8 +6,6 @@
 
 #include <ATen/AccumulateType.h>
 
-#include <type_traits>
-
 namespace manual_ops {
 namespace {
 
@@ -32,9 +30,6 @@ MANUAL_OPS_AVX2 void add_row_avx2(float* part, const T* src, int64_t C) {
   for (; c < C; ++c) part[c] += float(src[c]);
 }
 
-template <typename opmath_t>
-constexpr bool has_avx2_path = std::is_same_v<opmath_t, float>;  // float32, bfloat16, float16
-
 // Sum of a contiguous run in the accumulation type acc_t (float64 for float32), as a window can be
 // the whole plane: chunks of up to kChunk values are summed in opmath_t with eight independent
 // partial sums (so that the adds pipeline and vectorise instead of forming one dependent chain),
@@ -46,7 +41,7 @@ acc_t run_sum(const scalar_t* p, int64_t n) {
   acc_t total = 0;
   for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
     const int64_t c1 = std::min(n, c0 + kChunk);
-    if constexpr (has_avx2_path<opmath_t>) {
+    if constexpr (has_avx2_path<scalar_t>) {
       if (use_avx2()) {
         total += chunk_sum_avx2(p + c0, c1 - c0);
         continue;
@@ -66,7 +61,7 @@ acc_t run_sum(const scalar_t* p, int64_t n) {
 // part[c] += src[c] for c in [0, C), in opmath_t.
 template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
 void add_row(opmath_t* __restrict__ part, const scalar_t* __restrict__ src, int64_t C) {
-  if constexpr (has_avx2_path<opmath_t>) {
+  if constexpr (has_avx2_path<scalar_t>) {
     if (use_avx2()) return add_row_avx2(part, src, C);
   }
   for (int64_t c = 0; c < C; ++c) part[c] += opmath_t(src[c]);

@@ -201,9 +201,6 @@ MANUAL_OPS_AVX2 void nlc_rows_sums_avx2(const T* u, const T* v, int64_t rows, in
   }
 }
 
-template <typename scalar_t, typename opmath_t>
-constexpr bool has_avx2_path = std::is_same_v<opmath_t, float>;  // float32, bfloat16, float16
-
 // Consecutive NCL rows of L values, row r of channel c (c0 for the first row, then cycling
 // through C), each into the kLanes lanes of its channel, l1[c * kLanes + j] and l2[...]: value i
 // of a row goes to lane j = i mod kLanes,
@@ -211,7 +208,7 @@ constexpr bool has_avx2_path = std::is_same_v<opmath_t, float>;  // float32, bfl
 template <typename scalar_t, typename opmath_t>
 void rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
                const opmath_t* ku, const opmath_t* m, opmath_t* l1, opmath_t* l2) {
-  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+  if constexpr (has_avx2_path<scalar_t>) {
     if (use_avx2()) return rows_sums_avx2(u, v, rows, L, c, C, ku, m, l1, l2);
   }
   for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
@@ -237,7 +234,7 @@ void rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, in
 template <typename scalar_t, typename opmath_t>
 void nlc_rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* ku,
                    const opmath_t* m, opmath_t* __restrict__ a1, opmath_t* __restrict__ a2) {
-  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+  if constexpr (has_avx2_path<scalar_t>) {
     if (use_avx2()) return nlc_rows_sums_avx2(u, v, rows, C, ku, m, a1, a2);
   }
   for (int64_t r = 0; r < rows; ++r, u += C, v += C) {
@@ -378,7 +375,7 @@ void affine_run(const scalar_t* u, const scalar_t* v, int64_t n, const opmath_t*
 template <typename scalar_t, typename opmath_t>
 void affine_nlc_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* A,
                      const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
-  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+  if constexpr (has_avx2_path<scalar_t>) {
     if (use_avx2()) return affine_nlc_rows_avx2(u, v, rows, C, A, B, Mu, K, out);
   }
   for (int64_t r = 0; r < rows; ++r) {
@@ -391,7 +388,7 @@ void affine_nlc_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t
 template <typename scalar_t, typename opmath_t>
 void affine_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
                  const opmath_t* A, const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
-  if constexpr (has_avx2_path<scalar_t, opmath_t>) {
+  if constexpr (has_avx2_path<scalar_t>) {
     if (use_avx2()) return affine_rows_avx2(u, v, rows, L, c, C, A, B, Mu, K, out);
   }
   for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {

@@ -133,7 +133,7 @@ MANUAL_OPS_AVX2 void transpose_rows_avx2(const src_t* src, dst_t* dst, int64_t r
 template <typename src_t, typename dst_t>
 void transpose_planes(const src_t* src, dst_t* dst, int64_t nb, int64_t rows, int64_t cols) {
   constexpr int64_t kBlock = 16;
-  constexpr bool vectorised = !std::is_same_v<src_t, double> && !std::is_same_v<dst_t, double>;
+  constexpr bool vectorised = has_avx2_path<src_t> && has_avx2_path<dst_t>;
   const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
   at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
     dst_t block[kBlock][kBlock];

@@ -6,8 +6,6 @@
 
 #include <immintrin.h>
 
-#include <type_traits>
-
 namespace manual_ops {
 namespace {
 
@@ -52,7 +50,7 @@ MANUAL_OPS_AVX2 inline __m256i compare16(const T* p) {
 }
 
 template <typename T>
-MANUAL_OPS_AVX2 void relu16_avx2(const T* in, T* out, int64_t begin, int64_t end) {
+MANUAL_OPS_AVX2 void relu_avx2(const T* in, T* out, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + 16 <= end; i += 16) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + i));
@@ -62,7 +60,7 @@ MANUAL_OPS_AVX2 void relu16_avx2(const T* in, T* out, int64_t begin, int64_t end
 }
 
 template <typename T>
-MANUAL_OPS_AVX2 void relu16_backward_avx2(const T* y, const T* g, T* gi, int64_t begin, int64_t end) {
+MANUAL_OPS_AVX2 void relu_backward_avx2(const T* y, const T* g, T* gi, int64_t begin, int64_t end) {
   int64_t i = begin;
   for (; i + 16 <= end; i += 16) {
     const __m256i gv = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(g + i));
@@ -71,18 +69,11 @@ MANUAL_OPS_AVX2 void relu16_backward_avx2(const T* y, const T* g, T* gi, int64_t
   for (; i < end; ++i) gi[i] = y[i] <= T(0) ? T(0) : g[i];
 }
 
-template <typename T>
-constexpr bool is_16bit = std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
-
-// Runs the AVX2 loop where there is one (float32, bfloat16 and float16, use_avx2()); false: the
-// caller runs its own.
+// Runs the AVX2 loop where there is one (has_avx2_path, use_avx2()); false: the caller runs its own.
 template <typename T>
 bool relu_vectorised(const T* in, T* out, int64_t begin, int64_t end) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (has_avx2_path<T>) {
     if (use_avx2()) relu_avx2(in, out, begin, end);
-    return use_avx2();
-  } else if constexpr (is_16bit<T>) {
-    if (use_avx2()) relu16_avx2(in, out, begin, end);
     return use_avx2();
   }
   return false;
@@ -90,11 +81,8 @@ bool relu_vectorised(const T* in, T* out, int64_t begin, int64_t end) {
 
 template <typename T>
 bool relu_backward_vectorised(const T* y, const T* g, T* gi, int64_t begin, int64_t end) {
-  if constexpr (std::is_same_v<T, float>) {
+  if constexpr (has_avx2_path<T>) {
     if (use_avx2()) relu_backward_avx2(y, g, gi, begin, end);
-    return use_avx2();
-  } else if constexpr (is_16bit<T>) {
-    if (use_avx2()) relu16_backward_avx2(y, g, gi, begin, end);
     return use_avx2();
   }
   return false;

@@ -17,8 +17,15 @@
 #include <immintrin.h>
 
 #include <cstdint>
+#include <type_traits>
 
 namespace manual_ops {
+
+// The storage types with AVX2 loops (float32, bfloat16, float16: arithmetic in float32 lanes); the
+// kernels choose them with `if constexpr (has_avx2_path<T>)` and then use_avx2().
+template <typename T>
+constexpr bool has_avx2_path =
+    std::is_same_v<T, float> || std::is_same_v<T, c10::BFloat16> || std::is_same_v<T, c10::Half>;
 
 MANUAL_OPS_AVX2 inline __m256 load8(const float* p) { return _mm256_loadu_ps(p); }
 
