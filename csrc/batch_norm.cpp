@@ -656,55 +656,68 @@ using BackwardSig = std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tens
                                                        bool, std::optional<double>, c10::string_view,
                                                        std::array<bool, 3>);
 
-// The autograd kernel of batch_norm_forward: BatchNormFunction's derivatives
-// (manual_ops/ops/batch_norm.py), in C++; the backward is batch_norm_backward, differentiable
-// through that op's autograd kernel (BatchNormBackward). Only input, weight and bias get grads;
-// the saved mean and invstd are not differentiable.
-struct BatchNormAutograd : public torch::autograd::Function<BatchNormAutograd> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const std::optional<Tensor>& weight,
-                               const std::optional<Tensor>& bias, const std::optional<Tensor>& running_mean,
-                               const std::optional<Tensor>& running_var,
-                               const std::optional<Tensor>& num_batches_tracked, bool training,
-                               std::optional<double> momentum, double eps, std::optional<double> beta_floor,
-                               c10::string_view floor_scale) {
-    static const auto op = operator_handle<ForwardSig>("manual_ops::batch_norm_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [out, save_mean, save_invstd] = op.call(input, weight, bias, running_mean, running_var, num_batches_tracked,
-                                                 training, momentum, eps, beta_floor, floor_scale);
-    ctx->save_for_backward({input, weight.value_or(Tensor()), bias.value_or(Tensor()), save_mean, save_invstd});
-    ctx->saved_data["training"] = training;
-    ctx->saved_data["beta_floor"] = beta_floor;
-    ctx->saved_data["floor_scale"] = std::string(floor_scale);
-    ctx->mark_non_differentiable({save_mean, save_invstd});
-    return {out, save_mean, save_invstd};
+// The backward node of batch_norm_forward: BatchNormFunction's derivatives
+// (manual_ops/ops/batch_norm.py), in C++, with next edges (input, weight, bias). The backward is
+// batch_norm_backward, differentiable through that op's autograd kernel (BatchNormBackward).
+struct BatchNormBackwardNode final : public Node {
+  SavedVariable input_, weight_, bias_, save_mean_, save_invstd_;
+  bool training_ = false;
+  std::optional<double> beta_floor_;
+  std::string floor_scale_;
+
+  std::string name() const override { return "BatchNormBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
+    bias_.reset_data();
+    save_mean_.reset_data();
+    save_invstd_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto op = operator_handle<BackwardSig>("manual_ops::batch_norm_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const Tensor &weight = saved[1], &bias = saved[2];
-    const std::string floor_scale = ctx->saved_data["floor_scale"].toStringRef();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
     auto [grad_input, grad_weight, grad_bias] = call_backward_op(
-        op, grads[0], saved[0], weight.defined() ? std::optional<Tensor>(weight) : std::nullopt,
-        bias.defined() ? std::optional<Tensor>(bias) : std::nullopt, saved[3], saved[4],
-        ctx->saved_data["training"].toBool(), ctx->saved_data["beta_floor"].toOptional<double>(),
-        c10::string_view(floor_scale),
-        std::array<bool, 3>{ctx->needs_input_grad(0), weight.defined() && ctx->needs_input_grad(1),
-                            bias.defined() && ctx->needs_input_grad(2)});
-    return {grad_input, grad_weight, grad_bias, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(),   Tensor(),    Tensor(),  Tensor()};
+        op, grads[0], input_.unpack(), optional_of(weight_.unpack()), optional_of(bias_.unpack()),
+        save_mean_.unpack(), save_invstd_.unpack(), training_, beta_floor_, c10::string_view(floor_scale_),
+        std::array<bool, 3>{task_should_compute_output(0), task_should_compute_output(1),
+                            task_should_compute_output(2)});  // no weight or bias: no edge, so false
+    return {grad_input, grad_weight, grad_bias};
   }
 };
 
+// The autograd kernel of batch_norm_forward. Only input, weight and bias get grads; the saved mean
+// and invstd are not differentiable, and the running stats cannot require grad (as in torch).
 std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_autograd(
     const Tensor& input, const std::optional<Tensor>& weight, const std::optional<Tensor>& bias,
     const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
     const std::optional<Tensor>& num_batches_tracked, bool training, std::optional<double> momentum, double eps,
     std::optional<double> beta_floor, c10::string_view floor_scale) {
-  const variable_list out = BatchNormAutograd::apply(input, weight, bias, running_mean, running_var,
-                                                     num_batches_tracked, training, momentum, eps, beta_floor,
-                                                     floor_scale);
-  return {out[0], out[1], out[2]};
+  static const auto op = operator_handle<ForwardSig>("manual_ops::batch_norm_forward");
+  check_not_differentiable("batch_norm_forward", "running_mean", running_mean);
+  check_not_differentiable("batch_norm_forward", "running_var", running_var);
+  check_no_forward_grad("batch_norm_forward", input, weight, bias);
+  auto node = make_backward_node<BatchNormBackwardNode>(input, weight, bias);
+  auto [out, save_mean, save_invstd] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
+                   beta_floor, floor_scale);
+  }();
+  if (node) {
+    torch::autograd::set_history(out, node);
+    node->input_ = SavedVariable(input, false);
+    node->weight_ = SavedVariable(weight.value_or(Tensor()), false);
+    node->bias_ = SavedVariable(bias.value_or(Tensor()), false);
+    node->save_mean_ = SavedVariable(save_mean, false);
+    node->save_invstd_ = SavedVariable(save_invstd, false);
+    node->training_ = training;
+    node->beta_floor_ = beta_floor;
+    node->floor_scale_ = std::string(floor_scale);
+  }
+  return {out, save_mean, save_invstd};
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -416,43 +416,61 @@ using BackwardSig = std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&, con
                                                const std::optional<Tensor>&, const Tensor&, std::string_view, int64_t,
                                                double, std::array<bool, 2>);
 
-// The autograd kernel of cross_entropy_forward: CrossEntropyFunction's derivatives
-// (manual_ops/ops/cross_entropy.py), in C++. lse is not differentiable; the backward is
+// The backward node of cross_entropy_forward: CrossEntropyFunction's derivatives
+// (manual_ops/ops/cross_entropy.py), in C++, with next edges (input, target). The backward is
 // cross_entropy_backward, differentiable through that op's autograd kernel (CrossEntropyBackward).
-struct CrossEntropyAutograd : public torch::autograd::Function<CrossEntropyAutograd> {
-  static variable_list forward(AutogradContext* ctx, const Tensor& input, const Tensor& target,
-                               const std::optional<Tensor>& weight, std::string_view reduction, int64_t ignore_index,
-                               double label_smoothing) {
-    static const auto op = operator_handle<ForwardSig>("manual_ops::cross_entropy_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    auto [loss, lse] = op.call(input, target, weight, reduction, ignore_index, label_smoothing);
-    ctx->mark_non_differentiable({lse});
-    ctx->save_for_backward({input, target, weight.value_or(Tensor()), lse});
-    ctx->saved_data["reduction"] = std::string(reduction);
-    ctx->saved_data["ignore_index"] = ignore_index;
-    ctx->saved_data["label_smoothing"] = label_smoothing;
-    return {loss, lse};
+struct CrossEntropyBackwardNode final : public Node {
+  SavedVariable input_, target_, weight_, lse_;
+  std::string reduction_;
+  int64_t ignore_index_ = 0;
+  double label_smoothing_ = 0;
+
+  std::string name() const override { return "CrossEntropyBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    target_.reset_data();
+    weight_.reset_data();
+    lse_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto op = operator_handle<BackwardSig>("manual_ops::cross_entropy_backward");
-    const variable_list saved = ctx->get_saved_variables();
-    const std::optional<Tensor> weight = saved[2].defined() ? std::optional<Tensor>(saved[2]) : std::nullopt;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {Tensor(), Tensor()};
     auto [grad_input, grad_target] = call_backward_op(
-        op, grads[0], saved[0], saved[1], weight, saved[3], ctx->saved_data["reduction"].toStringRef(),
-        ctx->saved_data["ignore_index"].toInt(), ctx->saved_data["label_smoothing"].toDouble(),
-        std::array<bool, 2>{ctx->needs_input_grad(0), ctx->needs_input_grad(1)});
-    return {grad_input, grad_target, Tensor(), Tensor(), Tensor(), Tensor()};
+        op, grads[0], input_.unpack(), target_.unpack(), optional_of(weight_.unpack()), lse_.unpack(), reduction_,
+        ignore_index_, label_smoothing_,
+        std::array<bool, 2>{task_should_compute_output(0), task_should_compute_output(1)});
+    return {grad_input, grad_target};
   }
 };
 
+// The autograd kernel of cross_entropy_forward. lse is not differentiable.
 std::tuple<Tensor, Tensor> cross_entropy_forward_autograd(const Tensor& input, const Tensor& target,
                                                           const std::optional<Tensor>& weight,
                                                           std::string_view reduction, int64_t ignore_index,
                                                           double label_smoothing) {
-  const variable_list out =
-      CrossEntropyAutograd::apply(input, target, weight, reduction, ignore_index, label_smoothing);
-  return {out[0], out[1]};
+  static const auto op = operator_handle<ForwardSig>("manual_ops::cross_entropy_forward");
+  check_not_differentiable("cross_entropy_forward", "weight", weight);
+  check_no_forward_grad("cross_entropy_forward", input, target);
+  auto node = make_backward_node<CrossEntropyBackwardNode>(input, target);
+  auto [loss, lse] = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, target, weight, reduction, ignore_index, label_smoothing);
+  }();
+  if (node) {
+    torch::autograd::set_history(loss, node);
+    node->input_ = SavedVariable(input, false);
+    node->target_ = SavedVariable(target, false);
+    node->weight_ = SavedVariable(weight.value_or(Tensor()), false);
+    node->lse_ = SavedVariable(lse, false);
+    node->reduction_ = reduction;
+    node->ignore_index_ = ignore_index;
+    node->label_smoothing_ = label_smoothing;
+  }
+  return {loss, lse};
 }
 
 }  // namespace

@@ -86,32 +86,47 @@ using ForwardSig = Tensor(const Tensor&, const Tensor&, const std::optional<Tens
 using BackwardSig =
     std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&, const Tensor&, std::array<bool, 3>);
 
-// The autograd kernel of linear_forward: LinearFunction's derivatives (manual_ops/ops/linear.py),
-// in C++; the backward is linear_backward, differentiable through that op's autograd kernel
-// (LinearBackward).
-struct LinearAutograd : public torch::autograd::Function<LinearAutograd> {
-  static Tensor forward(AutogradContext* ctx, const Tensor& input, const Tensor& weight,
-                        const std::optional<Tensor>& bias) {
-    static const auto op = operator_handle<ForwardSig>("manual_ops::linear_forward");
-    at::AutoDispatchBelowADInplaceOrView guard;
-    ctx->save_for_backward({input, weight});
-    ctx->saved_data["has_bias"] = bias.has_value() && bias->defined();
-    return op.call(input, weight, bias);
+// The backward node of linear_forward: LinearFunction's derivatives (manual_ops/ops/linear.py), in
+// C++, with next edges (input, weight, bias). The backward is linear_backward, differentiable
+// through that op's autograd kernel (LinearBackward).
+struct LinearBackwardNode final : public Node {
+  SavedVariable input_, weight_;
+
+  std::string name() const override { return "LinearBackward"; }
+
+  void release_variables() override {
+    std::lock_guard<std::mutex> lock(mutex_);
+    input_.reset_data();
+    weight_.reset_data();
   }
 
-  static variable_list backward(AutogradContext* ctx, variable_list grads) {
+  variable_list apply(variable_list&& grads) override {
     static const auto op = operator_handle<BackwardSig>("manual_ops::linear_backward");
-    const variable_list saved = ctx->get_saved_variables();
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!grads[0].defined()) return {Tensor(), Tensor(), Tensor()};
     auto [grad_input, grad_weight, grad_bias] = call_backward_op(
-        op, grads[0], saved[0], saved[1],
-        std::array<bool, 3>{ctx->needs_input_grad(0), ctx->needs_input_grad(1),
-                            ctx->saved_data["has_bias"].toBool() && ctx->needs_input_grad(2)});  // edges: tensors only
+        op, grads[0], input_.unpack(), weight_.unpack(),
+        std::array<bool, 3>{task_should_compute_output(0), task_should_compute_output(1),
+                            task_should_compute_output(2)});  // no bias: no edge, so false
     return {grad_input, grad_weight, grad_bias};
   }
 };
 
+// The autograd kernel of linear_forward.
 Tensor linear_forward_autograd(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias) {
-  return LinearAutograd::apply(input, weight, bias);
+  static const auto op = operator_handle<ForwardSig>("manual_ops::linear_forward");
+  check_no_forward_grad("linear_forward", input, weight, bias);
+  auto node = make_backward_node<LinearBackwardNode>(input, weight, bias);
+  Tensor output = [&] {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    return op.call(input, weight, bias);
+  }();
+  if (node) {
+    torch::autograd::set_history(output, node);
+    node->input_ = SavedVariable(input, false);
+    node->weight_ = SavedVariable(weight, false);
+  }
+  return output;
 }
 
 }  // namespace

@@ -28,6 +28,15 @@ def pair(value, name: str, op: str = "convolution") -> tuple[int, int]:
     return tuple(values)
 
 
+def check_not_differentiable(op: str, name: str, t) -> None:
+    """Mirrors ``check_not_differentiable`` in csrc/autograd_kernel.h (which covers direct calls of the
+    ops), for the wrappers' every path: as torch's VariableType for an argument without a derivative,
+    an error while grad mode is on and it requires grad, instead of a gradient silently not made."""
+    if t is not None and t.requires_grad and torch.is_grad_enabled():
+        raise RuntimeError(f"The function '{op}' is not differentiable with respect to argument '{name}'. "
+                           "This input cannot have requires_grad True.")
+
+
 def register_autograd(op: str, function: type) -> None:
     """Gives the op ``op`` (a forward op, or a backward op whose forward op has a C++ autograd kernel)
     an autograd kernel made of ``function``'s setup_context and backward, so that
@@ -82,20 +91,24 @@ def applier(function: type, op=None, native_autograd: bool = False):
     - with ``native_autograd`` (``op``'s autograd kernel is C++ with ``function``'s derivatives, see
       csrc/autograd_kernel.h), ``op`` itself whenever neither forward-mode AD nor a torch.func
       transform is active, the cases that need ``function`` (its ``jvp``): the C++ kernel costs no Python.
+      This is every call of a training step, so it is checked first and calls the overload's builtin
+      (what ``OpOverload.__call__`` ends in), a few microseconds less than the ``torch.ops`` call.
     """
     without_jvp = type(function.__name__, (function,), {"jvp": staticmethod(torch.autograd.Function.jvp)})
     apply_function = fast_apply(function)
+    call_op = op.default._op if native_autograd else None
 
     def apply(*args):
         compiling = torch.compiler.is_compiling()
+        if native_autograd and not compiling and _forward_ad._current_level < 0 \
+                and not torch._C._are_functorch_transforms_active():
+            return call_op(*args)
         if op is not None and (compiling or torch._C._is_any_autocast_enabled()):  # the latter: a fast no
             device = args[0].device.type
             if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
                 return op(*args)
         if compiling:
             return without_jvp.apply(*args)
-        if native_autograd and _forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active():
-            return op(*args)
         return apply_function(*args)
 
     return apply

@@ -157,15 +157,23 @@ def _parity_rank(rank, world):
         one_value = None
     except ValueError as e:
         one_value = str(e), all(torch.equal(v, before[k]) for k, v in layer.state_dict().items())
-    return results, one_value
+    # Running stats that require grad: every rank raises as torch does, before any collective.
+    try:
+        mF.sync_batch_norm(torch.randn(2, 3, requires_grad=True), torch.zeros(3, requires_grad=True), torch.ones(3))
+        no_grad_stats = None
+    except RuntimeError as e:
+        no_grad_stats = str(e)
+    return results, (one_value, no_grad_stats)
 
 
 def test_two_ranks_equal_one_batch_norm_over_the_whole_batch(tmp_path):
     """Uneven, empty and one-value shards, both layouts, clamped, momentum=None, no running stats."""
-    ranks, one_value = zip(*_run_ranks(_parity_rank, tmp_path))
-    for message, untouched in one_value:
+    ranks, errors = zip(*_run_ranks(_parity_rank, tmp_path))
+    for (message, untouched), no_grad_stats in errors:
         assert message.startswith("Expected more than 1 value per channel when training, got 1 over the 2 ranks")
         assert untouched
+        assert no_grad_stats == ("The function 'sync_batch_norm' is not differentiable with respect to argument "
+                                 "'running_mean'. This input cannot have requires_grad True.")
     worst = 0.0
     for i, case in enumerate(CASES):
         # The reference: one layer over the whole batch (torch's BatchNorm2d; for the clamped shift,

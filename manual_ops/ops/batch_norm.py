@@ -2,7 +2,8 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, below_autograd, fast_apply, memory_format_of, register_autograd
+from .._utils import (applier, below_autograd, check_not_differentiable, fast_apply, memory_format_of,
+                      register_autograd)
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.batch_norm_forward)
@@ -220,6 +221,8 @@ register_autograd("manual_ops::batch_norm_backward", BatchNormBackward)
 def _apply(input, running_mean, running_var, weight, bias, training, momentum, eps, num_batches_tracked=None,
            beta_floor=None, floor_scale="sigma"):
     """BatchNormFunction.apply, returning only the output (the saved statistics are internal)."""
+    check_not_differentiable("batch_norm_forward", "running_mean", running_mean)
+    check_not_differentiable("batch_norm_forward", "running_var", running_var)
     if input.dim() == 1 and input.numel() == 0:
         # As torch: an empty 1-D input is a batch of no samples of no channels.
         return _apply(input.view(0, 0), running_mean, running_var, weight, bias, training, momentum, eps,

@@ -2,7 +2,7 @@
 import torch
 from torch.autograd.function import once_differentiable
 
-from .._utils import applier, below_autograd, fast_apply, register_autograd
+from .._utils import applier, below_autograd, check_not_differentiable, fast_apply, register_autograd
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.cross_entropy_forward)
@@ -192,23 +192,29 @@ def cross_entropy(input, target, weight=None, size_average=None, ignore_index=-1
     """
     if size_average is not None or reduce is not None:
         reduction = torch.nn._reduction.legacy_get_string(size_average, reduce)
-    if input.dim() == 0:
+    if weight is not None:
+        check_not_differentiable("cross_entropy_forward", "weight", weight)
+    dim = input.dim()
+    if dim == 0:
         raise RuntimeError("cross_entropy: expected input of size (C), (N, C) or (N, C, d1, ..., dk), but got a 0-D input")
-    probabilities = input.shape == target.shape
+    probabilities = target.dim() == dim and input.shape == target.shape  # as in torch, the shape decides
     if probabilities:
         if ignore_index != -100:
             raise RuntimeError("cross_entropy: ignore_index is not supported for class-probability targets")
         if target.dtype != input.dtype and target.is_floating_point():
             dtype = torch.promote_types(input.dtype, target.dtype)
             input, target = input.to(dtype), target.to(dtype)
-    elif target.dtype == torch.uint8:
+    elif target.dtype is _uint8:
         target = target.long()
-    if input.dim() == 1:
+    if dim == 1:
         if not probabilities and (target.dim() > 1 or target.numel() != 1):
             raise RuntimeError(f"cross_entropy: expected a 0-D target for an unbatched input of size "
                                f"{list(input.shape)}, but got target of size {list(target.shape)}")
         target = target.unsqueeze(0) if probabilities else target.reshape(1)
         loss = _cross_entropy_apply(input.unsqueeze(0), target, weight, reduction, ignore_index,
-                                          label_smoothing)[0]
+                                    label_smoothing)[0]
         return loss.squeeze(0) if reduction == "none" else loss
     return _cross_entropy_apply(input, target, weight, reduction, ignore_index, label_smoothing)[0]
+
+
+_uint8 = torch.uint8

@@ -11,6 +11,7 @@ import torch
 import torch.distributed as dist
 from torch.autograd.function import once_differentiable
 
+from .._utils import check_not_differentiable
 from .batch_norm import _apply, _batch_norm_backward_fake, _param_dtype
 
 _ops = torch.ops.manual_ops
@@ -145,6 +146,8 @@ def sync_batch_norm(input, running_mean, running_var, weight=None, bias=None, mo
     if group is None:
         return _apply(input, running_mean, running_var, weight, bias, True, momentum, eps, num_batches_tracked,
                       beta_floor, floor_scale)
+    check_not_differentiable("sync_batch_norm", "running_mean", running_mean)
+    check_not_differentiable("sync_batch_norm", "running_var", running_var)
     return SyncBatchNormFunction.apply(input, weight, bias, running_mean, running_var, num_batches_tracked, momentum,
                                        eps, beta_floor, floor_scale, group)
 
