@@ -251,12 +251,12 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
 // size s * split as two dims (s, split).
 Tensor as_tensor(const Matrix& m) {
   if (m.offset == 0 && m.t.dim() == 2 && m.rows.is_plain() && m.cols.is_plain()) {
-    const auto is = [&](const Tensor& t) {
-      return t.size(0) == m.rows.size && t.size(1) == m.cols.size && t.stride(0) == m.rows.stride &&
-             t.stride(1) == m.cols.stride;
+    const auto is = [&](int64_t r, int64_t c) {  // whether m is m.t with dims (r, c)
+      return m.t.size(r) == m.rows.size && m.t.size(c) == m.cols.size && m.t.stride(r) == m.rows.stride &&
+             m.t.stride(c) == m.cols.stride;
     };
-    if (is(m.t)) return m.t;
-    if (is(m.t.t())) return m.t.t();
+    if (is(0, 1)) return m.t;
+    if (is(1, 0)) return m.t.t();
   }
   std::vector<int64_t> sizes, strides;
   for (const Dim& d : {m.rows, m.cols}) {
@@ -289,12 +289,13 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
   if (!own_gemm(t)) {
     // at::mm in the opmath dtype (float32 for bfloat16/float16 operands), rounded once into C.
     const at::ScalarType ct = at::toOpMathType(t);
+    const auto in_opmath = [&](const Tensor& t) { return t.scalar_type() == ct ? t : t.to(ct); };
     const auto operand = [&](const Matrix& m) {  // 2-D, in the opmath dtype (a copy only where needed)
       const Tensor t = as_tensor(m);
-      return (t.dim() == 2 ? t : t.reshape({m.rows.size, m.cols.size})).to(ct);
+      return in_opmath(t.dim() == 2 ? t : t.reshape({m.rows.size, m.cols.size}));
     };
     const Tensor a = operand(A), b = operand(B);
-    const Tensor bias_c = bias.defined() ? bias.to(ct) : bias;
+    const Tensor bias_c = bias.defined() ? in_opmath(bias) : bias;
     Tensor c = as_tensor(C);
     if (c.dim() != 2 || out_type != ct) {  // a split dimension or a 16-bit C: the product is made apart
       const Tensor product = (bias_c.defined() ? at::addmm(bias_c, a, b) : at::mm(a, b)).view(c.sizes());

@@ -27,6 +27,7 @@ void check_linear(const char* op, const Tensor& input, const Tensor& weight) {
 // The (M, in_features) row matrix of an input of size (*, in_features); M is the product of the
 // leading sizes (spelled out: with in_features = 0, reshape could not infer it).
 Tensor rows(const Tensor& t) {
+  if (t.dim() == 2) return t;
   return t.reshape({c10::multiply_integers(t.sizes().slice(0, t.dim() - 1)), t.size(-1)});
 }
 
@@ -51,7 +52,7 @@ Tensor linear_forward(const Tensor& input, const Tensor& weight, const std::opti
   const Tensor x = rows(input);
   Tensor y = at::empty({x.size(0), weight.size(0)}, input.options());
   matmul(matrix(x), matrix(weight).transposed(), matrix(y), false, has_bias ? *bias : Tensor());
-  return y.view(output_size(input, weight));
+  return input.dim() == 2 ? y : y.view(output_size(input, weight));
 }
 
 // Backward, from the chain rule through Y = X W^T + b with dY of size (M, out):
