@@ -11,6 +11,7 @@
 #include "gemm.h"
 #include "im2col.h"
 #include "vec_avx2.h"
+#include "winograd.h"
 
 #include <tuple>
 #include <type_traits>
@@ -259,6 +260,34 @@ Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm
   return {w, 0, Dim::plain(G.Cout, w.stride(0)), taps};
 }
 
+// The stride-1 3x3 correlation of src (n, K, h, w) padded by pt on top and pl on the left, with
+// the kernels of `weight` (flipped: rotated and in/out-transposed, see winograd_weights), plus
+// bias, into dst (n, N, oh, ow): Winograd F(2x2, 3x3) (winograd.h) over tiles of samples in NHWC.
+// A tile's scratch is within the backward's budget (in the forward too: a larger one measured
+// slower, its V and M falling out of cache), but its GEMMs have at least kMinTileRows rows (2x2
+// output blocks; fewer measured slower at 4x4 images). The forward (src = x, dst = y) and dX
+// (src = dY padded by 2 - p, dst = dX) of the convs that use_winograd selects.
+void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, bool flipped, int64_t pt, int64_t pl,
+                    const Tensor& bias) {
+  const int64_t n = src.size(0), K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
+  const int64_t tiles = ((oh + 1) / 2) * ((ow + 1) / 2);
+  const int64_t per_sample = (16 * tiles * (K + N) + K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
+  const int64_t B =
+      std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, (kMinTileRows + tiles - 1) / tiles), 1, n);
+  NhwcTiles s{src, B, src.scalar_type()}, d{dst, B, src.scalar_type()};
+  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "winograd_conv", [&] {
+    const Tensor U = winograd_weights<scalar_t>(weight, flipped);
+    WinogradScratch scratch(B, oh, ow, K, N, src.options());
+    for (int64_t b0 = 0; b0 < n; b0 += B) {
+      const int64_t nb = std::min(B, n - b0);
+      const Tensor d_tile = d.buffer(b0, nb);
+      winograd_conv<scalar_t>(s.read(b0, nb).permute({0, 2, 3, 1}), U, pt, pl, d_tile.permute({0, 2, 3, 1}),
+                              bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, scratch);
+      d.write(b0, nb, d_tile);
+    }
+  });
+}
+
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
 //   Y_g (rows x Cout_g) = cols_g (rows x K) @ W_g^T (K x Cout_g).
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -279,8 +308,12 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                          input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
                                                                          : at::MemoryFormat::Contiguous));
   if (out.numel() == 0) return out;
-  const Matrix w_taps = weight_taps(weight, G, true);
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
+  if (use_winograd(G, input.scalar_type())) {
+    winograd_tiles(input, out, weight, false, G.pt, G.pl, b);
+    return out;
+  }
+  const Matrix w_taps = weight_taps(weight, G, true);
   const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
   NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
   const bool views = view_columns(G, input.scalar_type());
@@ -363,7 +396,10 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   }
 
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-  if (output_mask[0] && input.numel() > 0) {
+  if (output_mask[0] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
+    // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
+    winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor());
+  } else if (output_mask[0] && input.numel() > 0) {
     const Matrix w_taps = weight_taps(weight, G, true);
     // dX in float32 tiles for low precision where col2im sums taps; with view_columns, each dX value
     // is one GEMM result, rounded once straight into the input's dtype.

@@ -1,0 +1,182 @@
+// Winograd's minimal filtering F(2x2, 3x3) for 3x3 stride-1 convolutions (Lavin and Gray, "Fast
+// Algorithms for Convolutional Neural Networks", 2015). Derivation: docs/derivations.md,
+// "conv2d: Winograd F(2x2, 3x3)".
+//
+// Each 2x2 block of outputs of one (input channel, output channel) pair is
+//   Y = A^T [ (G g G^T) . (B^T d B) ] A        (. the elementwise product)
+// for the 4x4 input patch d under the block and the 3x3 kernel g. Summed over input channels, the
+// elementwise products become 16 GEMMs over channels, one per element e = (i, j) of the 4x4 grid:
+//   M[e] (tiles x N) = V[e] (tiles x K) @ U[e] (K x N),
+//   V[e][t][k] = (B^T d_{t,k} B)[i][j],  U[e][k][n] = (G g_{n,k} G^T)[i][j],
+// 16 multiplications per 4 outputs instead of 36, for transforms whose cost is linear in the
+// tensors' sizes. With the interpolation points 0, 1, -1 (and infinity):
+//   B^T = [1 0 -1 0;  0 1 1 0;  0 -1 1 0;  0 1 0 -1]
+//   G   = [1 0 0;  1/2 1/2 1/2;  1/2 -1/2 1/2;  0 0 1]
+//   A^T = [1 1 1 0;  0 1 -1 -1]
+// Their entries are 0, +-1 and +-1/2, so float32 results stay within twice the rounding error of a
+// direct sum (F(4x4, 3x3), 4x fewer multiplications, measured 10-20x: not used).
+// Tensors are NHWC tiles of samples (conv2d.cpp stages them), so each transform works on vectors
+// of contiguous channels.
+#pragma once
+
+#include "common.h"
+#include "im2col.h"
+
+#include <algorithm>
+#include <vector>
+
+namespace manual_ops {
+
+// Whether conv2d runs F(2x2, 3x3) for G in dtype t: a 3x3 kernel, stride and dilation 1, one
+// group, padding at most 2 (so that dX, the correlation of dY padded by 2 - p, is one too), in
+// float32 or float64 (bfloat16 and float16 have our own GEMM, whose conversions are in its
+// packing), and at least kWinogradMinChannels channels in and out: with fewer, the transforms cost
+// more than the multiplications they save.
+constexpr int64_t kWinogradMinChannels = 16;
+
+inline bool use_winograd(const ConvGeometry& G, at::ScalarType t) {
+  return (t == at::kFloat || t == at::kDouble) && G.kh == 3 && G.kw == 3 && G.sh == 1 && G.sw == 1 && G.dh == 1 &&
+         G.dw == 1 && G.groups == 1 && std::max({G.pt, G.pl, G.pb, G.pr}) <= 2 &&
+         G.C >= kWinogradMinChannels && G.Cout >= kWinogradMinChannels;
+}
+
+constexpr int64_t kWinogradChannelBlock = 64;  // channels transformed at once (the 4x4 scratch stays in L1)
+
+// out[i] = sum_s B^T[i][s] d[s] over n channels (the input transform along one axis).
+template <typename T>
+inline void winograd_bt(const T* const d[4], T* const out[4], int64_t n) {
+  for (int64_t c = 0; c < n; ++c) {
+    const T d0 = d[0][c], d1 = d[1][c], d2 = d[2][c], d3 = d[3][c];
+    out[0][c] = d0 - d2;
+    out[1][c] = d1 + d2;
+    out[2][c] = d2 - d1;
+    out[3][c] = d1 - d3;
+  }
+}
+
+// out[i] = sum_s A^T[i][s] m[s] (+ bias[c]) over n channels (the output transform along one axis).
+template <typename T>
+inline void winograd_at(const T* const m[4], T* const out[2], int64_t n, const T* bias) {
+  for (int64_t c = 0; c < n; ++c) {
+    const T b = bias ? bias[c] : T(0);
+    out[0][c] = m[0][c] + m[1][c] + m[2][c] + b;
+    out[1][c] = m[1][c] - m[2][c] - m[3][c] + b;
+  }
+}
+
+// U (16, K, N): U[e][k][n] = (G g G^T)[i][j] for e = (i, j), with g = weight[n, k] (the forward's
+// kernels, weight of size (N, K, 3, 3)); or, when `flipped`, g = weight[k, n] rotated by 180
+// degrees (dX's kernels, weight of size (K, N, 3, 3)).
+template <typename T>
+Tensor winograd_weights(const Tensor& weight, bool flipped) {
+  static constexpr double Gm[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
+  const int64_t K = flipped ? weight.size(0) : weight.size(1), N = flipped ? weight.size(1) : weight.size(0);
+  Tensor U = at::empty({16, K, N}, weight.options().memory_format(at::MemoryFormat::Contiguous));
+  const auto w = weight.accessor<T, 4>();
+  T* u = U.mutable_data_ptr<T>();
+  at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
+    for (int64_t k = k0; k < k1; ++k) {
+      for (int64_t n = 0; n < N; ++n) {
+        double g[3][3], t[4][3];
+        for (int64_t a = 0; a < 3; ++a)
+          for (int64_t b = 0; b < 3; ++b) g[a][b] = flipped ? double(w[k][n][2 - a][2 - b]) : double(w[n][k][a][b]);
+        for (int64_t i = 0; i < 4; ++i)  // t = G g
+          for (int64_t b = 0; b < 3; ++b) t[i][b] = Gm[i][0] * g[0][b] + Gm[i][1] * g[1][b] + Gm[i][2] * g[2][b];
+        for (int64_t i = 0; i < 4; ++i)  // U = t G^T
+          for (int64_t j = 0; j < 4; ++j)
+            u[((i * 4 + j) * K + k) * N + n] = T(t[i][0] * Gm[j][0] + t[i][1] * Gm[j][1] + t[i][2] * Gm[j][2]);
+      }
+    }
+  });
+  return U;
+}
+
+// Scratch of winograd_conv for up to `samples` samples of (OH, OW) outputs: V and M.
+struct WinogradScratch {
+  Tensor V, M;
+  WinogradScratch(int64_t samples, int64_t OH, int64_t OW, int64_t K, int64_t N, const at::TensorOptions& options) {
+    const int64_t tiles = samples * ((OH + 1) / 2) * ((OW + 1) / 2);
+    V = at::empty({16 * tiles * K}, options);
+    M = at::empty({16 * tiles * N}, options);
+  }
+};
+
+// y (nb, OH, OW, N), NHWC-contiguous: the stride-1 correlation of x (nb, H, W, K), NHWC-contiguous
+// and zero-padded by pt on top and pl on the left (and as far as OH, OW need below and right),
+// with the 3x3 kernels whose transforms are U (winograd_weights), plus bias (N values, or null).
+template <typename T>
+void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, const Tensor& y, const T* bias,
+                   WinogradScratch& scratch) {
+  const int64_t nb = x.size(0), H = x.size(1), W = x.size(2), K = x.size(3);
+  const int64_t OH = y.size(1), OW = y.size(2), N = y.size(3);
+  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  const T* xp = x.const_data_ptr<T>();
+  T* yp = y.mutable_data_ptr<T>();
+  T* V = scratch.V.mutable_data_ptr<T>();
+  T* M = scratch.M.mutable_data_ptr<T>();
+  constexpr int64_t kBlock = kWinogradChannelBlock;
+
+  // V[e][t][k] = (B^T d B)[i][j]: along the rows of each patch, then along its columns.
+  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<T> rows(16 * kBlock), zeros(kBlock, T(0));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2 - pt, x0 = (t % tw) * 2 - pl;
+      for (int64_t c0 = 0; c0 < K; c0 += kBlock) {
+        const int64_t n = std::min(kBlock, K - c0);
+        for (int64_t r = 0; r < 4; ++r) {
+          const T* d[4];
+          T* out[4];
+          for (int64_t s = 0; s < 4; ++s) {
+            const int64_t iy = y0 + r, ix = x0 + s;
+            d[s] = iy >= 0 && iy < H && ix >= 0 && ix < W ? xp + ((b * H + iy) * W + ix) * K + c0 : zeros.data();
+            out[s] = rows.data() + (r * 4 + s) * kBlock;
+          }
+          winograd_bt(d, out, n);
+        }
+        for (int64_t j = 0; j < 4; ++j) {
+          const T* d[4];
+          T* out[4];
+          for (int64_t r = 0; r < 4; ++r) {
+            d[r] = rows.data() + (r * 4 + j) * kBlock;
+            out[r] = V + ((r * 4 + j) * tiles + t) * K + c0;
+          }
+          winograd_bt(d, out, n);
+        }
+      }
+    }
+  });
+
+  // M[e] = V[e] @ U[e], threaded by BLAS (outside any parallel region).
+  Tensor products = scratch.M.narrow(0, 0, 16 * tiles * N).view({16, tiles, N});
+  at::bmm_out(products, scratch.V.narrow(0, 0, 16 * tiles * K).view({16, tiles, K}), U);
+
+  // y = A^T m A + bias: along the rows of each 4x4 grid, then along its columns.
+  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<T> rows(8 * kBlock), discard(2 * kBlock);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
+      for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
+        const int64_t n = std::min(kBlock, N - c0);
+        for (int64_t r = 0; r < 4; ++r) {
+          const T* m[4];
+          T* out[2];
+          for (int64_t s = 0; s < 4; ++s) m[s] = M + ((r * 4 + s) * tiles + t) * N + c0;
+          for (int64_t j = 0; j < 2; ++j) out[j] = rows.data() + (r * 2 + j) * kBlock;
+          winograd_at(m, out, n, static_cast<const T*>(nullptr));
+        }
+        for (int64_t j = 0; j < 2; ++j) {
+          const T* m[4];
+          T* out[2];
+          for (int64_t r = 0; r < 4; ++r) m[r] = rows.data() + (r * 2 + j) * kBlock;
+          for (int64_t i = 0; i < 2; ++i) {
+            const int64_t oy = y0 + i, ox = x0 + j;
+            out[i] = oy < OH && ox < OW ? yp + ((b * OH + oy) * OW + ox) * N + c0 : discard.data() + i * kBlock;
+          }
+          winograd_at(m, out, n, bias ? bias + c0 : nullptr);
+        }
+      }
+    }
+  });
+}
+
+}  // namespace manual_ops
