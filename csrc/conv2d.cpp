@@ -264,16 +264,18 @@ Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm
 // the kernels of `weight` (flipped: rotated and in/out-transposed, see winograd_weights), plus
 // bias, into dst (n, N, oh, ow): Winograd F(2x2, 3x3) (winograd.h) over tiles of samples in NHWC.
 // A tile's scratch is within the backward's budget (in the forward too: a larger one measured
-// slower, its V and M falling out of cache), but its GEMMs have at least kMinTileRows rows (2x2
-// output blocks; fewer measured slower at 4x4 images). The forward (src = x, dst = y) and dX
-// (src = dY padded by 2 - p, dst = dX) of the convs that use_winograd selects.
+// slower, its V and M falling out of cache); in the forward, its GEMMs have at least kMinTileRows
+// rows (2x2 output blocks; fewer measured up to 10% slower at 4x4 and 8x8 images), but not in the
+// backward, where that scratch would be on top of a training step's peak memory. The forward
+// (src = x, dst = y) and dX (src = dY padded by 2 - p, dst = dX) of the convs that use_winograd
+// selects.
 void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, bool flipped, int64_t pt, int64_t pl,
-                    const Tensor& bias) {
+                    const Tensor& bias, bool backward) {
   const int64_t n = src.size(0), K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
   const int64_t tiles = ((oh + 1) / 2) * ((ow + 1) / 2);
   const int64_t per_sample = (16 * tiles * (K + N) + K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
-  const int64_t B =
-      std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, (kMinTileRows + tiles - 1) / tiles), 1, n);
+  const int64_t min_samples = backward ? 1 : (kMinTileRows + tiles - 1) / tiles;
+  const int64_t B = std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, min_samples), 1, n);
   NhwcTiles s{src, B, src.scalar_type()}, d{dst, B, src.scalar_type()};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "winograd_conv", [&] {
     const Tensor U = winograd_weights<scalar_t>(weight, flipped);
@@ -310,7 +312,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
   if (out.numel() == 0) return out;
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   if (use_winograd(G, input.scalar_type())) {
-    winograd_tiles(input, out, weight, false, G.pt, G.pl, b);
+    winograd_tiles(input, out, weight, false, G.pt, G.pl, b, false);
     return out;
   }
   const Matrix w_taps = weight_taps(weight, G, true);
@@ -398,7 +400,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
     // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
-    winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor());
+    winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);
   } else if (output_mask[0] && input.numel() > 0) {
     const Matrix w_taps = weight_taps(weight, G, true);
     // dX in float32 tiles for low precision where col2im sums taps; with view_columns, each dX value
