@@ -341,9 +341,10 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
 //                                                     with the 180-degree-rotated, in/out-transposed W)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
-// dW and dX are made in two passes over the tiles of samples, so that the scratch of one
-// (dW's float32 sum, the column matrix) is freed before the other's (grad_input, dX's float32
-// tiles) is allocated: a training step's peak memory is reached here.
+// dX and then dW are made in two passes over the tiles of samples, so that the scratch of one
+// (dX's tap-order weight and float32 tiles) is freed before the other's (dW's sum, the column
+// matrix) is allocated, and dW itself, where it is a copy of its sum, after the GEMMs' scratch is
+// freed: a training step's peak memory is reached here.
 std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, const Tensor& input,
                                                    const Tensor& weight, IntArrayRef stride, IntArrayRef padding,
                                                    IntArrayRef dilation, int64_t groups,
@@ -359,43 +360,6 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
-
-  if (output_mask[1]) {
-    // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
-    // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
-    // column matrix takes no more memory than that float32 sum would (small images, many
-    // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
-    const bool one_tile = sum_type(input) != input.scalar_type() &&
-                          G.N * G.L() * c10::elementSize(input.scalar_type()) <= G.Cout * c10::elementSize(sum_type(input));
-    const int64_t Bw = one_tile ? G.N : B;
-    const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
-    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
-    if (input.numel() == 0) dw.zero_();
-    const Matrix dw_taps = weight_taps(dw, G);
-    // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
-    // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
-    // once (not one product per tile, added into the view apart).
-    const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_taps.cols.is_plain() && input.numel() > 0;
-    Tensor dw_sum = plain_sum ? at::empty({G.Cout, G.K()}, dw.options().memory_format(at::MemoryFormat::Contiguous))
-                              : Tensor();
-    const Matrix dw_target = plain_sum ? matrix(dw_sum) : dw_taps;
-    NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
-    const bool views = view_columns(G, input.scalar_type());
-    Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
-    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
-      const int64_t nb = std::min(Bw, G.N - b0);
-      const Tensor dy_rows = rows_view(dy.read(b0, nb));
-      const Tensor x_tile = x.read(b0, nb);
-      for (int64_t g = 0; g < G.groups; ++g) {
-        const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
-        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
-               dw_target.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
-      }
-    }
-    cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
-    if (plain_sum) dw.permute({0, 2, 3, 1}).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
-    grad_weight = dw.to(weight.scalar_type());
-  }
 
   if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
   if (output_mask[0] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
@@ -430,6 +394,53 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
       dx.write(b0, nb, dx_tile);
     }
   }
+
+  if (output_mask[1]) {
+    // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
+    // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
+    // column matrix takes no more memory than that float32 sum would (small images, many
+    // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
+    const bool one_tile = sum_type(input) != input.scalar_type() &&
+                          G.N * G.L() * c10::elementSize(input.scalar_type()) <= G.Cout * c10::elementSize(sum_type(input));
+    const int64_t Bw = one_tile ? G.N : B;
+    const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
+    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
+    if (input.numel() == 0) dw.zero_();
+    // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
+    // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
+    // once (not one product per tile, added into the view apart); dW itself is then allocated after
+    // the GEMMs, once their scratch is freed.
+    Matrix dw_target = weight_taps(dw, G);
+    const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_target.cols.is_plain() && input.numel() > 0;
+    const at::TensorOptions dw_options = dw.options();
+    Tensor dw_sum;
+    if (plain_sum) {
+      dw_sum = at::empty({G.Cout, G.K()}, dw_options.memory_format(at::MemoryFormat::Contiguous));
+      dw_target = matrix(dw_sum);
+      dw.reset();
+    }
+    NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
+    const bool views = view_columns(G, input.scalar_type());
+    Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
+    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
+      const int64_t nb = std::min(Bw, G.N - b0);
+      const Tensor dy_rows = rows_view(dy.read(b0, nb));
+      const Tensor x_tile = x.read(b0, nb);
+      for (int64_t g = 0; g < G.groups; ++g) {
+        const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
+        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
+               dw_target.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
+      }
+    }
+    cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
+    if (plain_sum) {
+      dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, dw_options);
+      dw.permute({0, 2, 3, 1}).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
+      dw_sum.reset();
+    }
+    grad_weight = dw.to(weight.scalar_type());
+  }
+
   return {grad_input, grad_weight, grad_bias};
 }
 
