@@ -260,22 +260,28 @@ Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm
   return {w, 0, Dim::plain(G.Cout, w.stride(0)), taps};
 }
 
-// The stride-1 3x3 correlation of src (n, K, h, w) padded by pt on top and pl on the left, with
-// the kernels of `weight` (flipped: rotated and in/out-transposed, see winograd_weights), plus
-// bias, into dst (n, N, oh, ow): Winograd F(2x2, 3x3) (winograd.h) over tiles of samples in NHWC.
-// A tile's scratch is within the backward's budget (in the forward too: a larger one measured
-// slower, its V and M falling out of cache); in the forward, its GEMMs have at least kMinTileRows
-// rows (2x2 output blocks; fewer measured up to 10% slower at 4x4 and 8x8 images), but not in the
-// backward, where that scratch would be on top of a training step's peak memory. The forward
-// (src = x, dst = y) and dX (src = dY padded by 2 - p, dst = dX) of the convs that use_winograd
-// selects.
-void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, bool flipped, int64_t pt, int64_t pl,
-                    const Tensor& bias, bool backward) {
-  const int64_t n = src.size(0), K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
+// Samples per tile of Winograd's src (n, K, h, w) and dst (n, N, oh, ow): its scratch (V, M and
+// the NHWC staging of both) within the backward's budget (in the forward too: a larger one measured
+// slower, V and M falling out of cache); in the forward, at least kMinTileRows 2x2 output blocks
+// per GEMM (fewer measured up to 10% slower at 4x4 and 8x8 images), but not in the backward, where
+// that scratch would be on top of a training step's peak memory.
+int64_t winograd_samples(const Tensor& src, const Tensor& dst, bool backward) {
+  const int64_t K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
   const int64_t tiles = ((oh + 1) / 2) * ((ow + 1) / 2);
   const int64_t per_sample = (16 * tiles * (K + N) + K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
   const int64_t min_samples = backward ? 1 : (kMinTileRows + tiles - 1) / tiles;
-  const int64_t B = std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, min_samples), 1, n);
+  return std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, min_samples), 1, src.size(0));
+}
+
+// The stride-1 3x3 correlation of src (n, K, h, w) padded by pt on top and pl on the left, with
+// the kernels of `weight` (flipped: rotated and in/out-transposed, see winograd_weights), plus
+// bias, into dst (n, N, oh, ow): Winograd F(2x2, 3x3) (winograd.h) over tiles of samples in NHWC
+// (winograd_samples). The forward (src = x, dst = y) and dX (src = dY padded by 2 - p, dst = dX) of
+// the convs that use_winograd selects.
+void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, bool flipped, int64_t pt, int64_t pl,
+                    const Tensor& bias, bool backward) {
+  const int64_t n = src.size(0), K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
+  const int64_t B = winograd_samples(src, dst, backward);
   NhwcTiles s{src, B, src.scalar_type()}, d{dst, B, src.scalar_type()};
   AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "winograd_conv", [&] {
     const Tensor U = winograd_weights<scalar_t>(weight, flipped);
@@ -288,6 +294,30 @@ void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, 
       d.write(b0, nb, d_tile);
     }
   });
+}
+
+// dW of the convs that use_winograd selects, in the weight's layout: Winograd's sums P over tiles of
+// samples in NHWC (winograd_samples), then dW from P (winograd_grad_weight), allocated once the
+// tiles' scratch is freed (this is at a training step's peak memory).
+Tensor winograd_grad_weight_tiles(const Tensor& input, const Tensor& grad_output, const Tensor& weight,
+                                  const ConvGeometry& G) {
+  const int64_t B = winograd_samples(input, grad_output, true);
+  Tensor dw;
+  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "winograd_grad_weight", [&] {
+    Tensor P = at::empty({16, G.Cout, G.C}, input.options().memory_format(at::MemoryFormat::Contiguous));
+    {
+      NhwcTiles x{input, B, input.scalar_type()}, dy{grad_output, B, input.scalar_type()};
+      WinogradScratch scratch(B, G.OH, G.OW, G.C, G.Cout, input.options());
+      for (int64_t b0 = 0; b0 < G.N; b0 += B) {
+        const int64_t nb = std::min(B, G.N - b0);
+        winograd_grad_sums<scalar_t>(x.read(b0, nb).permute({0, 2, 3, 1}), dy.read(b0, nb).permute({0, 2, 3, 1}),
+                                     G.pt, G.pl, P, b0 > 0, scratch);
+      }
+    }
+    dw = at::empty(weight.sizes(), weight.options().memory_format(memory_format_of(weight)));
+    winograd_grad_weight<scalar_t>(P, dw);
+  });
+  return dw;
 }
 
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
@@ -395,7 +425,9 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
     }
   }
 
-  if (output_mask[1]) {
+  if (output_mask[1] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
+    grad_weight = winograd_grad_weight_tiles(input, grad_output, weight, G);
+  } else if (output_mask[1]) {
     // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
     // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
     // column matrix takes no more memory than that float32 sum would (small images, many

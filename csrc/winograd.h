@@ -105,22 +105,15 @@ struct WinogradScratch {
   }
 };
 
-// y (nb, OH, OW, N), NHWC-contiguous: the stride-1 correlation of x (nb, H, W, K), NHWC-contiguous
-// and zero-padded by pt on top and pl on the left (and as far as OH, OW need below and right),
-// with the 3x3 kernels whose transforms are U (winograd_weights), plus bias (N values, or null).
+// V[e][t][k] = (B^T d_{t,k} B)[i][j] for the 4x4 patches d of x (nb, H, W, K), NHWC-contiguous and
+// zero-padded by pt on top and pl on the left, under the 2x2 output blocks t of an (OH, OW)
+// output: along the rows of each patch, then along its columns.
 template <typename T>
-void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, const Tensor& y, const T* bias,
-                   WinogradScratch& scratch) {
+void winograd_input(const Tensor& x, int64_t pt, int64_t pl, int64_t OH, int64_t OW, T* V) {
   const int64_t nb = x.size(0), H = x.size(1), W = x.size(2), K = x.size(3);
-  const int64_t OH = y.size(1), OW = y.size(2), N = y.size(3);
   const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
   const T* xp = x.const_data_ptr<T>();
-  T* yp = y.mutable_data_ptr<T>();
-  T* V = scratch.V.mutable_data_ptr<T>();
-  T* M = scratch.M.mutable_data_ptr<T>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
-
-  // V[e][t][k] = (B^T d B)[i][j]: along the rows of each patch, then along its columns.
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
     std::vector<T> rows(16 * kBlock), zeros(kBlock, T(0));
     for (int64_t t = t0; t < t1; ++t) {
@@ -149,6 +142,21 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
       }
     }
   });
+}
+
+// y (nb, OH, OW, N), NHWC-contiguous: the stride-1 correlation of x (nb, H, W, K), NHWC-contiguous
+// and zero-padded by pt on top and pl on the left (and as far as OH, OW need below and right),
+// with the 3x3 kernels whose transforms are U (winograd_weights), plus bias (N values, or null).
+template <typename T>
+void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, const Tensor& y, const T* bias,
+                   WinogradScratch& scratch) {
+  const int64_t nb = x.size(0), K = x.size(3), OH = y.size(1), OW = y.size(2), N = y.size(3);
+  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  T* yp = y.mutable_data_ptr<T>();
+  const T* M = scratch.M.const_data_ptr<T>();
+  constexpr int64_t kBlock = kWinogradChannelBlock;
+
+  winograd_input<T>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
 
   // M[e] = V[e] @ U[e], threaded by BLAS (outside any parallel region).
   Tensor products = scratch.M.narrow(0, 0, 16 * tiles * N).view({16, tiles, N});
@@ -178,6 +186,88 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
           }
           winograd_at(m, out, n, bias ? bias + c0 : nullptr);
         }
+      }
+    }
+  });
+}
+
+// dW of winograd_conv, by the transposition of its formula: with dY's 2x2 blocks taken to 4x4 grids,
+//   Yt = A dY A^T,   P[e] (N x K) = sum_t Yt[e][t]^T V[e][t],   dW[n][k] = G^T P[n][k] G,
+// where A = (A^T)^T: Yt along one axis is (y0, y0 + y1, y0 - y1, -y1).
+// winograd_grad_sums adds the chunk (x, dy) (NHWC-contiguous; dY 0 outside OH, OW) into P (16, N, K)
+// (or sets it, for the first chunk); winograd_grad_weight then writes dW (N, K, 3, 3), any layout.
+template <typename T>
+void winograd_grad_sums(const Tensor& x, const Tensor& dy, int64_t pt, int64_t pl, Tensor& P, bool accumulate,
+                        WinogradScratch& scratch) {
+  const int64_t nb = x.size(0), K = x.size(3), OH = dy.size(1), OW = dy.size(2), N = dy.size(3);
+  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  const T* dyp = dy.const_data_ptr<T>();
+  T* Yt = scratch.M.mutable_data_ptr<T>();
+  constexpr int64_t kBlock = kWinogradChannelBlock;
+
+  winograd_input<T>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
+
+  at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
+    std::vector<T> rows(8 * kBlock), zeros(kBlock, T(0));
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
+      for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
+        const int64_t n = std::min(kBlock, N - c0);
+        for (int64_t i = 0; i < 2; ++i) {  // rows[i][s] = A (dY[i][0], dY[i][1]), s = 0..3
+          const T* y[2];
+          for (int64_t j = 0; j < 2; ++j) {
+            const int64_t oy = y0 + i, ox = x0 + j;
+            y[j] = oy < OH && ox < OW ? dyp + ((b * OH + oy) * OW + ox) * N + c0 : zeros.data();
+          }
+          T* r = rows.data() + i * 4 * kBlock;
+          for (int64_t c = 0; c < n; ++c) {
+            r[c] = y[0][c];
+            r[kBlock + c] = y[0][c] + y[1][c];
+            r[2 * kBlock + c] = y[0][c] - y[1][c];
+            r[3 * kBlock + c] = -y[1][c];
+          }
+        }
+        for (int64_t s = 0; s < 4; ++s) {  // Yt[(r, s)] = A (rows[0][s], rows[1][s]), r = 0..3
+          const T* a = rows.data() + s * kBlock;
+          const T* c1 = rows.data() + (4 + s) * kBlock;
+          T* out[4];
+          for (int64_t r = 0; r < 4; ++r) out[r] = Yt + ((r * 4 + s) * tiles + t) * N + c0;
+          for (int64_t c = 0; c < n; ++c) {
+            out[0][c] = a[c];
+            out[1][c] = a[c] + c1[c];
+            out[2][c] = a[c] - c1[c];
+            out[3][c] = -c1[c];
+          }
+        }
+      }
+    }
+  });
+
+  // P[e] (+)= Yt[e]^T @ V[e], threaded by BLAS.
+  const Tensor yt = scratch.M.narrow(0, 0, 16 * tiles * N).view({16, tiles, N}).transpose(1, 2);
+  const Tensor v = scratch.V.narrow(0, 0, 16 * tiles * K).view({16, tiles, K});
+  accumulate ? P.baddbmm_(yt, v) : at::bmm_out(P, yt, v);
+}
+
+template <typename T>
+void winograd_grad_weight(const Tensor& P, Tensor& dw) {
+  static constexpr double Gt[3][4] = {{1, 0.5, 0.5, 0}, {0, 0.5, -0.5, 0}, {0, 0.5, 0.5, 1}};
+  const int64_t N = P.size(1), K = P.size(2);
+  const T* p = P.const_data_ptr<T>();
+  auto w = dw.accessor<T, 4>();
+  at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
+    for (int64_t n = n0; n < n1; ++n) {
+      for (int64_t k = 0; k < K; ++k) {
+        double t[3][4];  // t = G^T P
+        for (int64_t a = 0; a < 3; ++a)
+          for (int64_t j = 0; j < 4; ++j) {
+            double sum = 0;
+            for (int64_t i = 0; i < 4; ++i) sum += Gt[a][i] * double(p[((i * 4 + j) * N + n) * K + k]);
+            t[a][j] = sum;
+          }
+        for (int64_t a = 0; a < 3; ++a)  // dW = t G
+          for (int64_t b = 0; b < 3; ++b)
+            w[n][k][a][b] = T(t[a][0] * Gt[b][0] + t[a][1] * Gt[b][1] + t[a][2] * Gt[b][2] + t[a][3] * Gt[b][3]);
       }
     }
   });
