@@ -268,7 +268,8 @@ Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm
 int64_t winograd_samples(const Tensor& src, const Tensor& dst, bool backward) {
   const int64_t K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
   const int64_t tiles = ((oh + 1) / 2) * ((ow + 1) / 2);
-  const int64_t per_sample = (16 * tiles * (K + N) + K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
+  const int64_t per_sample = 16 * tiles * (K + N) * int64_t(c10::elementSize(sum_type(src))) +
+                             (K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
   const int64_t min_samples = backward ? 1 : (kMinTileRows + tiles - 1) / tiles;
   return std::clamp<int64_t>(std::max(kBackwardBudgetBytes / per_sample, min_samples), 1, src.size(0));
 }
@@ -283,14 +284,15 @@ void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, 
   const int64_t n = src.size(0), K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
   const int64_t B = winograd_samples(src, dst, backward);
   NhwcTiles s{src, B, src.scalar_type()}, d{dst, B, src.scalar_type()};
-  AT_DISPATCH_FLOATING_TYPES(src.scalar_type(), "winograd_conv", [&] {
+  MANUAL_OPS_DISPATCH_FLOATING(src.scalar_type(), "winograd_conv", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
     const Tensor U = winograd_weights<scalar_t>(weight, flipped);
     WinogradScratch scratch(B, oh, ow, K, N, src.options());
     for (int64_t b0 = 0; b0 < n; b0 += B) {
       const int64_t nb = std::min(B, n - b0);
       const Tensor d_tile = d.buffer(b0, nb);
       winograd_conv<scalar_t>(s.read(b0, nb).permute({0, 2, 3, 1}), U, pt, pl, d_tile.permute({0, 2, 3, 1}),
-                              bias.defined() ? bias.const_data_ptr<scalar_t>() : nullptr, scratch);
+                              bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, scratch);
       d.write(b0, nb, d_tile);
     }
   });
@@ -303,8 +305,8 @@ Tensor winograd_grad_weight_tiles(const Tensor& input, const Tensor& grad_output
                                   const ConvGeometry& G) {
   const int64_t B = winograd_samples(input, grad_output, true);
   Tensor dw;
-  AT_DISPATCH_FLOATING_TYPES(input.scalar_type(), "winograd_grad_weight", [&] {
-    Tensor P = at::empty({16, G.Cout, G.C}, input.options().memory_format(at::MemoryFormat::Contiguous));
+  MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "winograd_grad_weight", [&] {
+    Tensor P = at::empty({16, G.Cout, G.C}, input.options().dtype(sum_type(input)).memory_format(at::MemoryFormat::Contiguous));
     {
       NhwcTiles x{input, B, input.scalar_type()}, dy{grad_output, B, input.scalar_type()};
       WinogradScratch scratch(B, G.OH, G.OW, G.C, G.Cout, input.options());

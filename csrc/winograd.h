@@ -16,7 +16,9 @@
 // Their entries are 0, +-1 and +-1/2, so float32 results stay within twice the rounding error of a
 // direct sum (F(4x4, 3x3), 4x fewer multiplications, measured 10-20x: not used).
 // Tensors are NHWC tiles of samples (conv2d.cpp stages them), so each transform works on vectors
-// of contiguous channels.
+// of contiguous channels. V, U, M and the GEMMs are in the opmath dtype (float32 for bfloat16 and
+// float16 tensors, which are converted as the input transforms read them and rounded once as the
+// output transforms write them).
 #pragma once
 
 #include "common.h"
@@ -28,29 +30,27 @@
 namespace manual_ops {
 
 // Whether conv2d runs F(2x2, 3x3) for G in dtype t: a 3x3 kernel, stride and dilation 1, one
-// group, padding at most 2 (so that dX, the correlation of dY padded by 2 - p, is one too), in
-// float32 or float64 (bfloat16 and float16 have our own GEMM, whose conversions are in its
-// packing), at least kWinogradMinChannels channels in and out (with fewer, the transforms cost
-// more than the multiplications they save), and kernel transforms U (16/9 of the weight's size)
-// of at most kWinogradMaxWeightBytes: a 512x512 layer's 16.8 MB U raised a ResNet-18 step's peak
-// memory by 10% (its backward is where the peak is), for 15% of that layer's time.
+// group, padding at most 2 (so that dX, the correlation of dY padded by 2 - p, is one too), at
+// least kWinogradMinChannels channels in and out (with fewer, the transforms cost more than the
+// multiplications they save), and kernel transforms U (16/9 of the weight's size, in the opmath
+// dtype) of at most kWinogradMaxWeightBytes: a 512x512 layer's 16.8 MB U raised a ResNet-18 step's
+// peak memory by 10% (its backward is where the peak is), for 15% of that layer's time.
 constexpr int64_t kWinogradMinChannels = 16;
 constexpr int64_t kWinogradMaxWeightBytes = 4 << 20;
 
 inline bool use_winograd(const ConvGeometry& G, at::ScalarType t) {
-  return (t == at::kFloat || t == at::kDouble) && G.kh == 3 && G.kw == 3 && G.sh == 1 && G.sw == 1 && G.dh == 1 &&
-         G.dw == 1 && G.groups == 1 && std::max({G.pt, G.pl, G.pb, G.pr}) <= 2 &&
-         G.C >= kWinogradMinChannels && G.Cout >= kWinogradMinChannels &&
-         16 * G.C * G.Cout * int64_t(c10::elementSize(t)) <= kWinogradMaxWeightBytes;
+  return G.kh == 3 && G.kw == 3 && G.sh == 1 && G.sw == 1 && G.dh == 1 && G.dw == 1 && G.groups == 1 &&
+         std::max({G.pt, G.pl, G.pb, G.pr}) <= 2 && G.C >= kWinogradMinChannels && G.Cout >= kWinogradMinChannels &&
+         16 * G.C * G.Cout * int64_t(c10::elementSize(at::toOpMathType(t))) <= kWinogradMaxWeightBytes;
 }
 
 constexpr int64_t kWinogradChannelBlock = 64;  // channels transformed at once (the 4x4 scratch stays in L1)
 
-// out[i] = sum_s B^T[i][s] d[s] over n channels (the input transform along one axis).
-template <typename T>
-inline void winograd_bt(const T* const d[4], T* const out[4], int64_t n) {
+// out[i] = sum_s B^T[i][s] d[s] over n channels (the input transform along one axis), in T.
+template <typename S, typename T>
+inline void winograd_bt(const S* const d[4], T* const out[4], int64_t n) {
   for (int64_t c = 0; c < n; ++c) {
-    const T d0 = d[0][c], d1 = d[1][c], d2 = d[2][c], d3 = d[3][c];
+    const T d0 = T(d[0][c]), d1 = T(d[1][c]), d2 = T(d[2][c]), d3 = T(d[3][c]);
     out[0][c] = d0 - d2;
     out[1][c] = d1 + d2;
     out[2][c] = d2 - d1;
@@ -58,25 +58,27 @@ inline void winograd_bt(const T* const d[4], T* const out[4], int64_t n) {
   }
 }
 
-// out[i] = sum_s A^T[i][s] m[s] (+ bias[c]) over n channels (the output transform along one axis).
-template <typename T>
-inline void winograd_at(const T* const m[4], T* const out[2], int64_t n, const T* bias) {
+// out[i] = sum_s A^T[i][s] m[s] (+ bias[c]) over n channels (the output transform along one axis),
+// in T, stored as S.
+template <typename T, typename S>
+inline void winograd_at(const T* const m[4], S* const out[2], int64_t n, const T* bias) {
   for (int64_t c = 0; c < n; ++c) {
     const T b = bias ? bias[c] : T(0);
-    out[0][c] = m[0][c] + m[1][c] + m[2][c] + b;
-    out[1][c] = m[1][c] - m[2][c] - m[3][c] + b;
+    out[0][c] = S(m[0][c] + m[1][c] + m[2][c] + b);
+    out[1][c] = S(m[1][c] - m[2][c] - m[3][c] + b);
   }
 }
 
-// U (16, K, N): U[e][k][n] = (G g G^T)[i][j] for e = (i, j), with g = weight[n, k] (the forward's
-// kernels, weight of size (N, K, 3, 3)); or, when `flipped`, g = weight[k, n] rotated by 180
-// degrees (dX's kernels, weight of size (K, N, 3, 3)).
-template <typename T>
+// U (16, K, N), in T (the opmath dtype): U[e][k][n] = (G g G^T)[i][j] for e = (i, j), with
+// g = weight[n, k] (the forward's kernels, weight of size (N, K, 3, 3)); or, when `flipped`,
+// g = weight[k, n] rotated by 180 degrees (dX's kernels, weight of size (K, N, 3, 3)).
+template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 Tensor winograd_weights(const Tensor& weight, bool flipped) {
   static constexpr double Gm[4][3] = {{1, 0, 0}, {0.5, 0.5, 0.5}, {0.5, -0.5, 0.5}, {0, 0, 1}};
   const int64_t K = flipped ? weight.size(0) : weight.size(1), N = flipped ? weight.size(1) : weight.size(0);
-  Tensor U = at::empty({16, K, N}, weight.options().memory_format(at::MemoryFormat::Contiguous));
-  const auto w = weight.accessor<T, 4>();
+  Tensor U = at::empty({16, K, N}, weight.options().dtype(c10::CppTypeToScalarType<T>::value)
+                                       .memory_format(at::MemoryFormat::Contiguous));
+  const auto w = weight.accessor<scalar_t, 4>();
   T* u = U.mutable_data_ptr<T>();
   at::parallel_for(0, K, 1, [&](int64_t k0, int64_t k1) {
     for (int64_t k = k0; k < k1; ++k) {
@@ -95,10 +97,12 @@ Tensor winograd_weights(const Tensor& weight, bool flipped) {
   return U;
 }
 
-// Scratch of winograd_conv for up to `samples` samples of (OH, OW) outputs: V and M.
+// Scratch of winograd_conv for up to `samples` samples of (OH, OW) outputs: V and M, in the opmath
+// dtype of `options`'.
 struct WinogradScratch {
   Tensor V, M;
-  WinogradScratch(int64_t samples, int64_t OH, int64_t OW, int64_t K, int64_t N, const at::TensorOptions& options) {
+  WinogradScratch(int64_t samples, int64_t OH, int64_t OW, int64_t K, int64_t N, at::TensorOptions options) {
+    options = options.dtype(at::toOpMathType(c10::typeMetaToScalarType(options.dtype())));
     const int64_t tiles = samples * ((OH + 1) / 2) * ((OW + 1) / 2);
     V = at::empty({16 * tiles * K}, options);
     M = at::empty({16 * tiles * N}, options);
@@ -108,20 +112,21 @@ struct WinogradScratch {
 // V[e][t][k] = (B^T d_{t,k} B)[i][j] for the 4x4 patches d of x (nb, H, W, K), NHWC-contiguous and
 // zero-padded by pt on top and pl on the left, under the 2x2 output blocks t of an (OH, OW)
 // output: along the rows of each patch, then along its columns.
-template <typename T>
+template <typename scalar_t, typename T>
 void winograd_input(const Tensor& x, int64_t pt, int64_t pl, int64_t OH, int64_t OW, T* V) {
   const int64_t nb = x.size(0), H = x.size(1), W = x.size(2), K = x.size(3);
   const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
-  const T* xp = x.const_data_ptr<T>();
+  const scalar_t* xp = x.const_data_ptr<scalar_t>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-    std::vector<T> rows(16 * kBlock), zeros(kBlock, T(0));
+    std::vector<T> rows(16 * kBlock);
+    std::vector<scalar_t> zeros(kBlock, scalar_t(0));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2 - pt, x0 = (t % tw) * 2 - pl;
       for (int64_t c0 = 0; c0 < K; c0 += kBlock) {
         const int64_t n = std::min(kBlock, K - c0);
         for (int64_t r = 0; r < 4; ++r) {
-          const T* d[4];
+          const scalar_t* d[4];
           T* out[4];
           for (int64_t s = 0; s < 4; ++s) {
             const int64_t iy = y0 + r, ix = x0 + s;
@@ -147,16 +152,16 @@ void winograd_input(const Tensor& x, int64_t pt, int64_t pl, int64_t OH, int64_t
 // y (nb, OH, OW, N), NHWC-contiguous: the stride-1 correlation of x (nb, H, W, K), NHWC-contiguous
 // and zero-padded by pt on top and pl on the left (and as far as OH, OW need below and right),
 // with the 3x3 kernels whose transforms are U (winograd_weights), plus bias (N values, or null).
-template <typename T>
+template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, const Tensor& y, const T* bias,
                    WinogradScratch& scratch) {
   const int64_t nb = x.size(0), K = x.size(3), OH = y.size(1), OW = y.size(2), N = y.size(3);
   const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
-  T* yp = y.mutable_data_ptr<T>();
+  scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const T* M = scratch.M.const_data_ptr<T>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
 
-  winograd_input<T>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
+  winograd_input<scalar_t>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
 
   // M[e] = V[e] @ U[e], threaded by BLAS (outside any parallel region).
   Tensor products = scratch.M.narrow(0, 0, 16 * tiles * N).view({16, tiles, N});
@@ -164,7 +169,8 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
 
   // y = A^T m A + bias: along the rows of each 4x4 grid, then along its columns.
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-    std::vector<T> rows(8 * kBlock), discard(2 * kBlock);
+    std::vector<T> rows(8 * kBlock);
+    std::vector<scalar_t> discard(2 * kBlock);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
       for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
@@ -178,7 +184,7 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
         }
         for (int64_t j = 0; j < 2; ++j) {
           const T* m[4];
-          T* out[2];
+          scalar_t* out[2];
           for (int64_t r = 0; r < 4; ++r) m[r] = rows.data() + (r * 2 + j) * kBlock;
           for (int64_t i = 0; i < 2; ++i) {
             const int64_t oy = y0 + i, ox = x0 + j;
@@ -196,35 +202,37 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
 // where A = (A^T)^T: Yt along one axis is (y0, y0 + y1, y0 - y1, -y1).
 // winograd_grad_sums adds the chunk (x, dy) (NHWC-contiguous; dY 0 outside OH, OW) into P (16, N, K)
 // (or sets it, for the first chunk); winograd_grad_weight then writes dW (N, K, 3, 3), any layout.
-template <typename T>
+template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void winograd_grad_sums(const Tensor& x, const Tensor& dy, int64_t pt, int64_t pl, Tensor& P, bool accumulate,
                         WinogradScratch& scratch) {
   const int64_t nb = x.size(0), K = x.size(3), OH = dy.size(1), OW = dy.size(2), N = dy.size(3);
   const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
-  const T* dyp = dy.const_data_ptr<T>();
+  const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   T* Yt = scratch.M.mutable_data_ptr<T>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
 
-  winograd_input<T>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
+  winograd_input<scalar_t>(x, pt, pl, OH, OW, scratch.V.mutable_data_ptr<T>());
 
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
-    std::vector<T> rows(8 * kBlock), zeros(kBlock, T(0));
+    std::vector<T> rows(8 * kBlock);
+    std::vector<scalar_t> zeros(kBlock, scalar_t(0));
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
       for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
         const int64_t n = std::min(kBlock, N - c0);
         for (int64_t i = 0; i < 2; ++i) {  // rows[i][s] = A (dY[i][0], dY[i][1]), s = 0..3
-          const T* y[2];
+          const scalar_t* y[2];
           for (int64_t j = 0; j < 2; ++j) {
             const int64_t oy = y0 + i, ox = x0 + j;
             y[j] = oy < OH && ox < OW ? dyp + ((b * OH + oy) * OW + ox) * N + c0 : zeros.data();
           }
           T* r = rows.data() + i * 4 * kBlock;
           for (int64_t c = 0; c < n; ++c) {
-            r[c] = y[0][c];
-            r[kBlock + c] = y[0][c] + y[1][c];
-            r[2 * kBlock + c] = y[0][c] - y[1][c];
-            r[3 * kBlock + c] = -y[1][c];
+            const T y0c = T(y[0][c]), y1c = T(y[1][c]);
+            r[c] = y0c;
+            r[kBlock + c] = y0c + y1c;
+            r[2 * kBlock + c] = y0c - y1c;
+            r[3 * kBlock + c] = -y1c;
           }
         }
         for (int64_t s = 0; s < 4; ++s) {  // Yt[(r, s)] = A (rows[0][s], rows[1][s]), r = 0..3
@@ -249,12 +257,12 @@ void winograd_grad_sums(const Tensor& x, const Tensor& dy, int64_t pt, int64_t p
   accumulate ? P.baddbmm_(yt, v) : at::bmm_out(P, yt, v);
 }
 
-template <typename T>
+template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void winograd_grad_weight(const Tensor& P, Tensor& dw) {
   static constexpr double Gt[3][4] = {{1, 0.5, 0.5, 0}, {0, 0.5, -0.5, 0}, {0, 0.5, 0.5, 1}};
   const int64_t N = P.size(1), K = P.size(2);
   const T* p = P.const_data_ptr<T>();
-  auto w = dw.accessor<T, 4>();
+  auto w = dw.accessor<scalar_t, 4>();
   at::parallel_for(0, N, 1, [&](int64_t n0, int64_t n1) {
     for (int64_t n = n0; n < n1; ++n) {
       for (int64_t k = 0; k < K; ++k) {
@@ -267,7 +275,7 @@ void winograd_grad_weight(const Tensor& P, Tensor& dw) {
           }
         for (int64_t a = 0; a < 3; ++a)  // dW = t G
           for (int64_t b = 0; b < 3; ++b)
-            w[n][k][a][b] = T(t[a][0] * Gt[b][0] + t[a][1] * Gt[b][1] + t[a][2] * Gt[b][2] + t[a][3] * Gt[b][3]);
+            w[n][k][a][b] = scalar_t(t[a][0] * Gt[b][0] + t[a][1] * Gt[b][1] + t[a][2] * Gt[b][2] + t[a][3] * Gt[b][3]);
       }
     }
   });

@@ -1,8 +1,8 @@
 """conv2d's Winograd F(2x2, 3x3) path (csrc/winograd.h): 3x3 kernels at stride and dilation 1, one group,
-padding up to 2, at least 16 channels in and out, float32 and float64. Its forward and grad_input are
-checked against the built-in over a grid of shapes (odd and tiny images, every padding, both layouts,
-several tiles of samples), for accuracy against float64, by gradcheck/gradgradcheck in float64, by opcheck,
-and against the im2col path on the same inputs."""
+padding up to 2, at least 16 channels in and out, every dtype (bfloat16 and float16 transformed and
+multiplied in float32). Its output and grads are checked against the built-in over a grid of shapes (odd
+and tiny images, every padding, both layouts, several tiles of samples), for accuracy against float64, by
+gradcheck/gradgradcheck in float64, by opcheck, and against the im2col path on the same inputs."""
 import itertools
 
 import pytest
@@ -47,6 +47,29 @@ def test_float32_accuracy_against_float64_within_the_builtins(channels, hw, padd
         our_err = (a.double() - r64).abs().max().item()
         torch_err = (r32.double() - r64).abs().max().item()
         assert our_err <= 2 * torch_err + 1e-6, f"{name}: ours {our_err:.2e}, torch {torch_err:.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("channels,hw,padding,channels_last", GRID[::3])
+def test_low_precision_accuracy_against_float64_within_the_builtins(dtype, channels, hw, padding, channels_last):
+    """bf16/fp16 tensors, float32 transforms and GEMMs, each result rounded once: at most twice the
+    built-in's error in the same dtype against float64 (plus one rounding of the largest value)."""
+    (C, Cout), (H, W) = channels, hw
+    torch.manual_seed(H * 100 + W * 10 + padding)
+    x, w, b = torch.randn(2, C, H, W), torch.randn(Cout, C, 3, 3) / (9 * C) ** 0.5, torch.randn(Cout)
+    if channels_last:
+        x = x.to(memory_format=torch.channels_last)
+    grad = torch.randn(2, Cout, H + 2 * padding - 2, W + 2 * padding - 2)
+    args = [t.to(dtype) for t in (x, w, b, grad)]
+    ours = _grads(lambda x, w, b: mF.conv2d(x, w, b, padding=padding), *args)
+    ref16 = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), *args)
+    ref64 = _grads(lambda x, w, b: F.conv2d(x, w, b, padding=padding), *[t.double() for t in args])
+    for name, a, r16, r64 in zip(("output", "grad_input", "grad_weight", "grad_bias"), ours, ref16, ref64):
+        assert a.shape == r16.shape and a.dtype == dtype, name
+        our_err = (a.double() - r64).abs().max().item()
+        torch_err = (r16.double() - r64).abs().max().item()
+        ulp = torch.finfo(dtype).eps * r64.abs().max().item()
+        assert our_err <= 2 * torch_err + ulp, f"{name}: ours {our_err:.2e}, torch {torch_err:.2e}"
 
 
 def test_same_values_as_the_im2col_path():
