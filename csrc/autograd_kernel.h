@@ -16,7 +16,9 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
 
+#include <memory>
 #include <optional>
+#include <type_traits>
 #include <utility>
 
 namespace manual_ops {
@@ -30,13 +32,26 @@ c10::TypedOperatorHandle<Sig> operator_handle(const char* name) {
   return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Sig>();
 }
 
+// A new node, owned as torch's version owns them: by c10::intrusive_ptr from torch 2.13, by
+// std::shared_ptr with torch's deleteNode (which frees long chains of nodes without deep
+// recursion) before; the branch for the other version is never instantiated.
+template <class NodeT>
+auto new_node() {
+  if constexpr (std::is_base_of_v<c10::intrusive_ptr_target, NodeT>) {
+    return c10::make_intrusive<NodeT>();
+  } else {
+    return std::shared_ptr<NodeT>(new NodeT(), [](auto* node) { deleteNode(node); });  // found by ADL
+  }
+}
+
 // The backward node of a forward op's call whose differentiable inputs are `inputs` (its next
 // edges, in this order): made when grad mode is on and one of them requires grad; else null, and
 // the call records nothing.
 template <class NodeT, class... Inputs>
-c10::intrusive_ptr<NodeT> make_backward_node(const Inputs&... inputs) {
-  if (!torch::autograd::compute_requires_grad(inputs...)) return {};
-  auto node = c10::make_intrusive<NodeT>();
+auto make_backward_node(const Inputs&... inputs) {
+  decltype(new_node<NodeT>()) node;
+  if (!torch::autograd::compute_requires_grad(inputs...)) return node;
+  node = new_node<NodeT>();
   node->set_next_edges(torch::autograd::collect_next_edges(inputs...));
   return node;
 }
