@@ -73,13 +73,19 @@ void check_no_forward_grad(const char* op, const Inputs&... inputs) {
                               "through manual_ops.functional, whose functions support it");
 }
 
+// The op's computation, past its autograd kernel (which records nothing there).
+template <class Sig, class... Args>
+auto call_below_autograd(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
+  at::AutoDispatchBelowADInplaceOrView guard;
+  return op.call(std::forward<Args>(args)...);
+}
+
 // A backward op called from a backward node: while grad mode is on (create_graph), through the
 // op's own autograd kernel, which records it for double backward; else straight to the computation.
 template <class Sig, class... Args>
 auto call_backward_op(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
   if (at::GradMode::is_enabled()) return op.call(std::forward<Args>(args)...);
-  at::AutoDispatchBelowADInplaceOrView guard;
-  return op.call(std::forward<Args>(args)...);
+  return call_below_autograd(op, std::forward<Args>(args)...);
 }
 
 inline std::optional<Tensor> optional_of(const Tensor& t) {

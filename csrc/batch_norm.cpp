@@ -701,11 +701,9 @@ std::tuple<Tensor, Tensor, Tensor> batch_norm_forward_autograd(
   check_not_differentiable("batch_norm_forward", "running_var", running_var);
   check_no_forward_grad("batch_norm_forward", input, weight, bias);
   auto node = make_backward_node<BatchNormBackwardNode>(input, weight, bias);
-  auto [out, save_mean, save_invstd] = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum, eps,
-                   beta_floor, floor_scale);
-  }();
+  auto [out, save_mean, save_invstd] = call_below_autograd(op, input, weight, bias, running_mean, running_var,
+                                                            num_batches_tracked, training, momentum, eps, beta_floor,
+                                                            floor_scale);
   if (node) {
     torch::autograd::set_history(out, node);
     node->input_ = SavedVariable(input, false);

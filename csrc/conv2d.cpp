@@ -81,9 +81,12 @@ int64_t tile_samples(const ConvGeometry& G, const Tensor& t, int64_t budget) {
   return std::max<int64_t>(1, std::min<int64_t>(G.N, samples));
 }
 
+// The (N, H, W, C) view of a channels-last (N, C, H, W) tensor: NHWC-contiguous for an NHWC tile.
+Tensor nhwc_view(const Tensor& t) { return t.permute({0, 2, 3, 1}); }
+
 // An (N*H*W, C) row-major view of an NHWC-contiguous tensor (never a copy).
 Tensor rows_view(const Tensor& nhwc) {
-  return nhwc.permute({0, 2, 3, 1}).view({-1, nhwc.size(1)});
+  return nhwc_view(nhwc).view({-1, nhwc.size(1)});
 }
 
 // The AVX2 path of transpose_planes (see cpu_capability.h): whole 8 x 8 blocks as 8 vectors of 32-bit
@@ -249,7 +252,7 @@ Matrix columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
 // is copied into tap order once per call, for reading (`copy_for_mm`).
 Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm = false) {
   if (copy_for_mm && !own_gemm(weight.scalar_type())) {
-    const Tensor taps = weight.permute({0, 2, 3, 1});  // (Cout, kh, kw, Cg)
+    const Tensor taps = nhwc_view(weight);  // (Cout, kh, kw, Cg)
     return matrix((taps.is_contiguous() ? taps : at::empty(taps.sizes(), weight.options()).copy_(taps))
                       .view({G.Cout, G.K()}));
   }
@@ -267,7 +270,7 @@ Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm
 // that scratch would be on top of a training step's peak memory.
 int64_t winograd_samples(const Tensor& src, const Tensor& dst, bool backward) {
   const int64_t K = src.size(1), N = dst.size(1), oh = dst.size(2), ow = dst.size(3);
-  const int64_t tiles = ((oh + 1) / 2) * ((ow + 1) / 2);
+  const int64_t tiles = WinogradBlocks(1, oh, ow).count;
   const int64_t per_sample = 16 * tiles * (K + N) * int64_t(c10::elementSize(sum_type(src))) +
                              (K * src.size(2) * src.size(3) + N * oh * ow) * src.element_size();
   const int64_t min_samples = backward ? 1 : (kMinTileRows + tiles - 1) / tiles;
@@ -291,7 +294,7 @@ void winograd_tiles(const Tensor& src, const Tensor& dst, const Tensor& weight, 
     for (int64_t b0 = 0; b0 < n; b0 += B) {
       const int64_t nb = std::min(B, n - b0);
       const Tensor d_tile = d.buffer(b0, nb);
-      winograd_conv<scalar_t>(s.read(b0, nb).permute({0, 2, 3, 1}), U, pt, pl, d_tile.permute({0, 2, 3, 1}),
+      winograd_conv<scalar_t>(nhwc_view(s.read(b0, nb)), U, pt, pl, nhwc_view(d_tile),
                               bias.defined() ? bias.const_data_ptr<acc_t>() : nullptr, scratch);
       d.write(b0, nb, d_tile);
     }
@@ -306,14 +309,15 @@ Tensor winograd_grad_weight_tiles(const Tensor& input, const Tensor& grad_output
   const int64_t B = winograd_samples(input, grad_output, true);
   Tensor dw;
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "winograd_grad_weight", [&] {
-    Tensor P = at::empty({16, G.Cout, G.C}, input.options().dtype(sum_type(input)).memory_format(at::MemoryFormat::Contiguous));
+    Tensor P = at::empty({16, G.Cout, G.C},
+                         input.options().dtype(sum_type(input)).memory_format(at::MemoryFormat::Contiguous));
     {
       NhwcTiles x{input, B, input.scalar_type()}, dy{grad_output, B, input.scalar_type()};
       WinogradScratch scratch(B, G.OH, G.OW, G.C, G.Cout, input.options());
       for (int64_t b0 = 0; b0 < G.N; b0 += B) {
         const int64_t nb = std::min(B, G.N - b0);
-        winograd_grad_sums<scalar_t>(x.read(b0, nb).permute({0, 2, 3, 1}), dy.read(b0, nb).permute({0, 2, 3, 1}),
-                                     G.pt, G.pl, P, b0 > 0, scratch);
+        winograd_grad_sums<scalar_t>(nhwc_view(x.read(b0, nb)), nhwc_view(dy.read(b0, nb)), G.pt, G.pl, P, b0 > 0,
+                                     scratch);
       }
     }
     dw = at::empty(weight.sizes(), weight.options().memory_format(memory_format_of(weight)));
@@ -368,6 +372,90 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
   return out;
 }
 
+// dX by im2col's GEMMs and col2im over tiles of samples, into grad_input (allocated, of the
+// input's size and layout); see conv2d_backward.
+void im2col_grad_input(const Tensor& grad_output, const Tensor& weight, const ConvGeometry& G,
+                       const Tensor& grad_input) {
+  const int64_t B = tile_samples(G, grad_input, kBackwardBudgetBytes);
+  const Matrix w_taps = weight_taps(weight, G, true);
+  // dX in float32 tiles for low precision where col2im sums taps; with view_columns, each dX value
+  // is one GEMM result, rounded once straight into the input's dtype.
+  const bool views = view_columns(G, grad_input.scalar_type());
+  NhwcTiles dy{grad_output, B, grad_input.scalar_type()};
+  NhwcTiles dx{grad_input, B, views ? grad_input.scalar_type() : sum_type(grad_input)};
+  Tensor dcols_buffer =
+      views ? Tensor() : at::empty({B * G.L(), G.K()}, grad_input.options().dtype(sum_type(grad_input)));
+  for (int64_t b0 = 0; b0 < G.N; b0 += B) {
+    const int64_t nb = std::min(B, G.N - b0);
+    const Tensor dy_rows = rows_view(dy.read(b0, nb));
+    const Tensor dx_tile = dx.buffer(b0, nb);
+    for (int64_t g = 0; g < G.groups; ++g) {
+      const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
+      const Matrix w_g = w_taps.narrow_rows(g * G.Coutg(), G.Coutg());
+      if (views) {  // a strided conv's dX is 0 between the pixels it reads
+        if ((G.sh > 1 || G.sw > 1) && g == 0) dx_tile.zero_();
+        matmul(matrix(dy_g), w_g, pixel_rows(dx_tile, G, nb, g), false);
+      } else {
+        Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
+        matmul(matrix(dy_g), w_g, matrix(dcols), false);
+        AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
+          col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
+        });
+      }
+    }
+    dx.write(b0, nb, dx_tile);
+  }
+}
+
+// dW by im2col's GEMMs over tiles of samples, in the weight's layout; see conv2d_backward.
+Tensor im2col_grad_weight(const Tensor& grad_output, const Tensor& input, const Tensor& weight, const ConvGeometry& G) {
+  // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
+  // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
+  // column matrix takes no more memory than that float32 sum would (small images, many
+  // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
+  const bool one_tile = sum_type(input) != input.scalar_type() &&
+                        G.N * G.L() * c10::elementSize(input.scalar_type()) <=
+                            G.Cout * c10::elementSize(sum_type(input));
+  const int64_t Bw = one_tile ? G.N : tile_samples(G, input, kBackwardBudgetBytes);
+  const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
+  Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw},
+                        weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
+  if (input.numel() == 0) dw.zero_();
+  // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
+  // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
+  // once (not one product per tile, added into the view apart); dW itself is then allocated after
+  // the GEMMs, once their scratch is freed.
+  Matrix dw_target = weight_taps(dw, G);
+  const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_target.cols.is_plain() && input.numel() > 0;
+  const at::TensorOptions dw_options = dw.options();
+  Tensor dw_sum;
+  if (plain_sum) {
+    dw_sum = at::empty({G.Cout, G.K()}, dw_options.memory_format(at::MemoryFormat::Contiguous));
+    dw_target = matrix(dw_sum);
+    dw.reset();
+  }
+  NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
+  const bool views = view_columns(G, input.scalar_type());
+  Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
+  for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
+    const int64_t nb = std::min(Bw, G.N - b0);
+    const Tensor dy_rows = rows_view(dy.read(b0, nb));
+    const Tensor x_tile = x.read(b0, nb);
+    for (int64_t g = 0; g < G.groups; ++g) {
+      const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
+      matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
+             dw_target.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
+    }
+  }
+  cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
+  if (plain_sum) {
+    dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, dw_options);
+    nhwc_view(dw).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
+    dw_sum.reset();
+  }
+  return dw.to(weight.scalar_type());
+}
+
 // Backward, from the chain rule through Y = cols @ W^T + b:
 //   dW_g   = dY_g^T @ cols_g                       (correlation of the padded input with dY)
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
@@ -391,90 +479,19 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
 
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
-  const int64_t B = tile_samples(G, input, kBackwardBudgetBytes);
-
-  if (output_mask[0]) grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-  if (output_mask[0] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
-    // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
-    winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);
-  } else if (output_mask[0] && input.numel() > 0) {
-    const Matrix w_taps = weight_taps(weight, G, true);
-    // dX in float32 tiles for low precision where col2im sums taps; with view_columns, each dX value
-    // is one GEMM result, rounded once straight into the input's dtype.
-    const bool views = view_columns(G, input.scalar_type());
-    NhwcTiles dy{grad_output, B, input.scalar_type()};
-    NhwcTiles dx{grad_input, B, views ? input.scalar_type() : sum_type(input)};
-    Tensor dcols_buffer = views ? Tensor() : at::empty({B * G.L(), G.K()}, input.options().dtype(sum_type(input)));
-    for (int64_t b0 = 0; b0 < G.N; b0 += B) {
-      const int64_t nb = std::min(B, G.N - b0);
-      const Tensor dy_rows = rows_view(dy.read(b0, nb));
-      const Tensor dx_tile = dx.buffer(b0, nb);
-      for (int64_t g = 0; g < G.groups; ++g) {
-        const Tensor dy_g = dy_rows.narrow(1, g * G.Coutg(), G.Coutg());
-        const Matrix w_g = w_taps.narrow_rows(g * G.Coutg(), G.Coutg());
-        if (views) {  // a strided conv's dX is 0 between the pixels it reads
-          if ((G.sh > 1 || G.sw > 1) && g == 0) dx_tile.zero_();
-          matmul(matrix(dy_g), w_g, pixel_rows(dx_tile, G, nb, g), false);
-        } else {
-          Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
-          matmul(matrix(dy_g), w_g, matrix(dcols), false);
-          AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
-            col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
-          });
-        }
-      }
-      dx.write(b0, nb, dx_tile);
+  const bool winograd = input.numel() > 0 && use_winograd(G, input.scalar_type());
+  if (output_mask[0]) {
+    grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
+    if (winograd) {  // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
+      winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);
+    } else if (input.numel() > 0) {
+      im2col_grad_input(grad_output, weight, G, grad_input);
     }
   }
-
-  if (output_mask[1] && input.numel() > 0 && use_winograd(G, input.scalar_type())) {
-    grad_weight = winograd_grad_weight_tiles(input, grad_output, weight, G);
-  } else if (output_mask[1]) {
-    // dW is made in the weight's layout, through weight_taps. Over several tiles it is a sum of
-    // GEMMs, kept in float32 for low precision and rounded at the end; but where the whole batch's
-    // column matrix takes no more memory than that float32 sum would (small images, many
-    // channels), the batch is one tile and its one GEMM rounds straight into dW's dtype.
-    const bool one_tile = sum_type(input) != input.scalar_type() &&
-                          G.N * G.L() * c10::elementSize(input.scalar_type()) <= G.Cout * c10::elementSize(sum_type(input));
-    const int64_t Bw = one_tile ? G.N : B;
-    const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
-    Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
-    if (input.numel() == 0) dw.zero_();
-    // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
-    // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
-    // once (not one product per tile, added into the view apart); dW itself is then allocated after
-    // the GEMMs, once their scratch is freed.
-    Matrix dw_target = weight_taps(dw, G);
-    const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_target.cols.is_plain() && input.numel() > 0;
-    const at::TensorOptions dw_options = dw.options();
-    Tensor dw_sum;
-    if (plain_sum) {
-      dw_sum = at::empty({G.Cout, G.K()}, dw_options.memory_format(at::MemoryFormat::Contiguous));
-      dw_target = matrix(dw_sum);
-      dw.reset();
-    }
-    NhwcTiles x{input, Bw, input.scalar_type()}, dy{grad_output, Bw, input.scalar_type()};
-    const bool views = view_columns(G, input.scalar_type());
-    Tensor cols_buffer = views || input.numel() == 0 ? Tensor() : at::empty({Bw * G.L(), G.K()}, input.options());
-    for (int64_t b0 = 0; b0 < G.N && input.numel() > 0; b0 += Bw) {
-      const int64_t nb = std::min(Bw, G.N - b0);
-      const Tensor dy_rows = rows_view(dy.read(b0, nb));
-      const Tensor x_tile = x.read(b0, nb);
-      for (int64_t g = 0; g < G.groups; ++g) {
-        const Matrix cols = columns(x_tile, G, nb, g, cols_buffer);
-        matmul(matrix(dy_rows.narrow(1, g * G.Coutg(), G.Coutg()).t()), cols,
-               dw_target.narrow_rows(g * G.Coutg(), G.Coutg()), b0 > 0);
-      }
-    }
-    cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
-    if (plain_sum) {
-      dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, dw_options);
-      dw.permute({0, 2, 3, 1}).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
-      dw_sum.reset();
-    }
-    grad_weight = dw.to(weight.scalar_type());
+  if (output_mask[1]) {
+    grad_weight = winograd ? winograd_grad_weight_tiles(input, grad_output, weight, G)
+                           : im2col_grad_weight(grad_output, input, weight, G);
   }
-
   return {grad_input, grad_weight, grad_bias};
 }
 

@@ -456,10 +456,7 @@ std::tuple<Tensor, Tensor> cross_entropy_forward_autograd(const Tensor& input, c
   check_not_differentiable("cross_entropy_forward", "weight", weight);
   check_no_forward_grad("cross_entropy_forward", input, target);
   auto node = make_backward_node<CrossEntropyBackwardNode>(input, target);
-  auto [loss, lse] = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, target, weight, reduction, ignore_index, label_smoothing);
-  }();
+  auto [loss, lse] = call_below_autograd(op, input, target, weight, reduction, ignore_index, label_smoothing);
   if (node) {
     torch::autograd::set_history(loss, node);
     node->input_ = SavedVariable(input, false);

@@ -118,10 +118,7 @@ Tensor linear_forward_autograd(const Tensor& input, const Tensor& weight, const 
   static const auto op = operator_handle<ForwardSig>("manual_ops::linear_forward");
   check_no_forward_grad("linear_forward", input, weight, bias);
   auto node = make_backward_node<LinearBackwardNode>(input, weight, bias);
-  Tensor output = [&] {
-    at::AutoDispatchBelowADInplaceOrView guard;
-    return op.call(input, weight, bias);
-  }();
+  Tensor output = call_below_autograd(op, input, weight, bias);
   if (node) {
     torch::autograd::set_history(output, node);
     node->input_ = SavedVariable(input, false);

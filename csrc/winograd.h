@@ -97,13 +97,23 @@ Tensor winograd_weights(const Tensor& weight, bool flipped) {
   return U;
 }
 
+// The 2x2 output blocks of nb samples of (OH, OW) outputs, th x tw per sample (the last row and
+// column of blocks reach past an odd OH, OW), numbered t = (b * th + by) * tw + bx.
+struct WinogradBlocks {
+  int64_t th, tw, count;
+  WinogradBlocks(int64_t nb, int64_t OH, int64_t OW) : th((OH + 1) / 2), tw((OW + 1) / 2), count(nb * th * tw) {}
+  int64_t sample(int64_t t) const { return t / (th * tw); }
+  int64_t row(int64_t t) const { return (t / tw % th) * 2; }  // of the block's first output
+  int64_t col(int64_t t) const { return (t % tw) * 2; }
+};
+
 // Scratch of winograd_conv for up to `samples` samples of (OH, OW) outputs: V and M, in the opmath
 // dtype of `options`'.
 struct WinogradScratch {
   Tensor V, M;
   WinogradScratch(int64_t samples, int64_t OH, int64_t OW, int64_t K, int64_t N, at::TensorOptions options) {
     options = options.dtype(at::toOpMathType(c10::typeMetaToScalarType(options.dtype())));
-    const int64_t tiles = samples * ((OH + 1) / 2) * ((OW + 1) / 2);
+    const int64_t tiles = WinogradBlocks(samples, OH, OW).count;
     V = at::empty({16 * tiles * K}, options);
     M = at::empty({16 * tiles * N}, options);
   }
@@ -114,15 +124,16 @@ struct WinogradScratch {
 // output: along the rows of each patch, then along its columns.
 template <typename scalar_t, typename T>
 void winograd_input(const Tensor& x, int64_t pt, int64_t pl, int64_t OH, int64_t OW, T* V) {
-  const int64_t nb = x.size(0), H = x.size(1), W = x.size(2), K = x.size(3);
-  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  const int64_t H = x.size(1), W = x.size(2), K = x.size(3);
+  const WinogradBlocks blocks(x.size(0), OH, OW);
+  const int64_t tiles = blocks.count;
   const scalar_t* xp = x.const_data_ptr<scalar_t>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
   at::parallel_for(0, tiles, 16, [&](int64_t t0, int64_t t1) {
     std::vector<T> rows(16 * kBlock);
     std::vector<scalar_t> zeros(kBlock, scalar_t(0));
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2 - pt, x0 = (t % tw) * 2 - pl;
+      const int64_t b = blocks.sample(t), y0 = blocks.row(t) - pt, x0 = blocks.col(t) - pl;
       for (int64_t c0 = 0; c0 < K; c0 += kBlock) {
         const int64_t n = std::min(kBlock, K - c0);
         for (int64_t r = 0; r < 4; ++r) {
@@ -155,8 +166,9 @@ void winograd_input(const Tensor& x, int64_t pt, int64_t pl, int64_t OH, int64_t
 template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, const Tensor& y, const T* bias,
                    WinogradScratch& scratch) {
-  const int64_t nb = x.size(0), K = x.size(3), OH = y.size(1), OW = y.size(2), N = y.size(3);
-  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  const int64_t K = x.size(3), OH = y.size(1), OW = y.size(2), N = y.size(3);
+  const WinogradBlocks blocks(x.size(0), OH, OW);
+  const int64_t tiles = blocks.count;
   scalar_t* yp = y.mutable_data_ptr<scalar_t>();
   const T* M = scratch.M.const_data_ptr<T>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
@@ -172,7 +184,7 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
     std::vector<T> rows(8 * kBlock);
     std::vector<scalar_t> discard(2 * kBlock);
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
+      const int64_t b = blocks.sample(t), y0 = blocks.row(t), x0 = blocks.col(t);
       for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
         const int64_t n = std::min(kBlock, N - c0);
         for (int64_t r = 0; r < 4; ++r) {
@@ -205,8 +217,9 @@ void winograd_conv(const Tensor& x, const Tensor& U, int64_t pt, int64_t pl, con
 template <typename scalar_t, typename T = at::opmath_type<scalar_t>>
 void winograd_grad_sums(const Tensor& x, const Tensor& dy, int64_t pt, int64_t pl, Tensor& P, bool accumulate,
                         WinogradScratch& scratch) {
-  const int64_t nb = x.size(0), K = x.size(3), OH = dy.size(1), OW = dy.size(2), N = dy.size(3);
-  const int64_t th = (OH + 1) / 2, tw = (OW + 1) / 2, tiles = nb * th * tw;
+  const int64_t K = x.size(3), OH = dy.size(1), OW = dy.size(2), N = dy.size(3);
+  const WinogradBlocks blocks(x.size(0), OH, OW);
+  const int64_t tiles = blocks.count;
   const scalar_t* dyp = dy.const_data_ptr<scalar_t>();
   T* Yt = scratch.M.mutable_data_ptr<T>();
   constexpr int64_t kBlock = kWinogradChannelBlock;
@@ -217,7 +230,7 @@ void winograd_grad_sums(const Tensor& x, const Tensor& dy, int64_t pt, int64_t p
     std::vector<T> rows(8 * kBlock);
     std::vector<scalar_t> zeros(kBlock, scalar_t(0));
     for (int64_t t = t0; t < t1; ++t) {
-      const int64_t b = t / (th * tw), y0 = (t / tw % th) * 2, x0 = (t % tw) * 2;
+      const int64_t b = blocks.sample(t), y0 = blocks.row(t), x0 = blocks.col(t);
       for (int64_t c0 = 0; c0 < N; c0 += kBlock) {
         const int64_t n = std::min(kBlock, N - c0);
         for (int64_t i = 0; i < 2; ++i) {  // rows[i][s] = A (dY[i][0], dY[i][1]), s = 0..3
