@@ -1,9 +1,11 @@
 """The benchmark harness runs and reports (no timing is asserted: speed is never a test)."""
 import json
+import os
 
 import pytest
 import torch
 
+import manual_ops
 from manual_ops import bench
 
 
@@ -18,6 +20,19 @@ def test_run_reports_every_case_with_ratios_as_json():
     assert report["geomean_min"]["pool"] == pytest.approx(bench.geomean(r.min_ratio for r in results))
     assert report["geomean"]["pool"] == pytest.approx(bench.geomean(r.ratio for r in results))
     assert torch.tensor(1e-40).item() != 0.0  # flushing denormals ended with the run
+    assert report["capability"] == manual_ops.cpu_capability() and report["threads"] == torch.get_num_threads()
+    assert report["cpu"] and set(report["cpu_flags"]) <= set(bench._ISA_FLAGS)
+
+
+def test_table_starts_with_the_machine_it_was_measured_on():
+    lines = []
+    bench.run(["pool"], reps=1, warmup=0, log=lines.append)
+    where = bench.machine()
+    assert lines[0].startswith(f"{where['cpu']} (") and f"our kernels: {where['capability']};" in lines[0]
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+        assert where["cpu_flags"] == [flag for flag in bench._ISA_FLAGS if flag in flags]
 
 
 def test_forward_backward_clears_grads_between_runs():

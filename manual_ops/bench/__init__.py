@@ -10,6 +10,7 @@ their conv cases also time our own float32 run, for the ratio of our bfloat16 to
 import importlib
 import json
 import math
+import platform
 import statistics
 import time
 from dataclasses import dataclass
@@ -142,8 +143,32 @@ def format_table(results: list[Result]) -> str:
     return "\n".join(lines)
 
 
+# The CPU flags that decide which kernels run, ours and the built-in's (oneDNN's).
+_ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16", "amx_fp16")
+
+
+def machine() -> dict:
+    """What the figures were measured on: the CPU's model name, its flags of ``_ISA_FLAGS``, our kernels'
+    capability (``manual_ops.cpu_capability()``), torch's version and thread count."""
+    from manual_ops import cpu_capability
+
+    fields = {}  # the first CPU's "model name" and "flags" lines
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip(), value.strip())
+    except OSError:  # not Linux: the model name from platform, no flags
+        pass
+    model = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    return {"cpu": model, "cpu_flags": [f for f in _ISA_FLAGS if f in flags], "capability": cpu_capability(),
+            "torch": torch.__version__, "threads": torch.get_num_threads()}
+
+
 def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, log=print) -> list[Result]:
-    """Runs the named families (all by default) and prints a table, or JSON with ``as_json``.
+    """Runs the named families (all by default) and prints a table, or JSON with ``as_json``; both
+    start with the machine they were measured on (``machine()``).
 
     Denormals are flushed to zero while it measures and not afterwards (torch's default).
     """
@@ -151,6 +176,10 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
     unknown = [f for f in families if f not in FAMILIES]
     if unknown:
         raise ValueError(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
+    where = machine()
+    if not as_json:
+        log(f"{where['cpu']} ({' '.join(where['cpu_flags']) or 'no AVX2'}); our kernels: {where['capability']};"
+            f" torch {where['torch']}, {where['threads']} threads")
     torch.set_flush_denormal(True)
     try:
         results = []
@@ -168,7 +197,7 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
         torch.set_flush_denormal(False)
     if as_json:
         log(json.dumps({
-            "torch": torch.__version__, "threads": torch.get_num_threads(), "statistic": "median and min",
+            **where, "statistic": "median and min",
             "results": [dict(r.__dict__, ratio=r.ratio, min_ratio=r.min_ratio, ratio_fp32=r.ratio_fp32)
                         for r in results],
             "geomean": {f: geomean(r.ratio for r in results if r.family == f) for f in families},
