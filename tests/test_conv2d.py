@@ -58,7 +58,6 @@ def builtin_conv2d(x, w, b=None, **kw):
     NHWC 1x1 backward-weights kernel (jit_1x1, picked by torch 2.13 on AVX-512 CPUs) writes past its
     workspace (uxlfoundation/oneDNN#6035). On a Sapphire Rapids Xeon that corrupted the heap, and a later
     test crashed in the built-in's own conv."""
-    groups = kw.get("groups", 1)
     stride = kw.get("stride", 1)
     strided = any(s > 1 for s in (stride if isinstance(stride, (tuple, list)) else (stride,)))
     if (w.shape[-2:] == (1, 1) and strided and w.shape[1] < 16 and x.dim() == 4
