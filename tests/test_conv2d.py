@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 import manual_ops
 from manual_ops import functional as mF
 from manual_ops import nn as mnn
+from manual_ops._utils import pair
 
 f64 = torch.float64
 
@@ -58,9 +59,7 @@ def builtin_conv2d(x, w, b=None, **kw):
     NHWC 1x1 backward-weights kernel (jit_1x1, picked by torch 2.13 on AVX-512 CPUs) writes past its
     workspace (uxlfoundation/oneDNN#6035). On a Sapphire Rapids Xeon that corrupted the heap, and a later
     test crashed in the built-in's own conv."""
-    stride = kw.get("stride", 1)
-    strided = any(s > 1 for s in (stride if isinstance(stride, (tuple, list)) else (stride,)))
-    if (w.shape[-2:] == (1, 1) and strided and w.shape[1] < 16 and x.dim() == 4
+    if (w.shape[-2:] == (1, 1) and max(pair(kw.get("stride", 1), "stride")) > 1 and w.shape[1] < 16 and x.dim() == 4
             and not x.is_contiguous() and x.is_contiguous(memory_format=torch.channels_last)):
         x = x.contiguous()
     return F.conv2d(x, w, b, **kw)
