@@ -12,7 +12,41 @@ from setuptools import find_packages, setup
 from torch.utils.cpp_extension import BuildExtension, CppExtension
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-SOURCES = sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, "csrc", "*.cpp")))
+
+
+def _files(pattern):
+    return sorted(os.path.relpath(p, HERE) for p in glob.glob(os.path.join(HERE, pattern)))
+
+
+SOURCES = _files("csrc/*.cpp")
+# The vectorised loops (csrc/cpu/*.cpp) are compiled once per CPU capability, as ATen's
+# cmake/Codegen.cmake compiles its native/cpu kernels: each copy gets -DCPU_CAPABILITY=<name>, which
+# names its namespace (at::vec's too), -DCPU_CAPABILITY_<name>, which picks at::vec's implementation,
+# and the -m flags of that instruction set. csrc/cpu_capability.cpp picks one copy at run time.
+KERNEL_SOURCES = _files("csrc/cpu/*.cpp")
+CAPABILITY_FLAGS = {
+    "DEFAULT": [],
+    "AVX2": ["-mavx2", "-mfma", "-mf16c"],
+    "AVX512": ["-mavx512f", "-mavx512bw", "-mavx512vl", "-mavx512dq", "-mfma", "-mf16c"],
+}
+
+
+class BuildExtensionPerCapability(BuildExtension):
+    """BuildExtension that first compiles KERNEL_SOURCES once per capability, each copy into its own
+    folder, and links those objects after the extension's own, in order of increasing capability. An
+    inline function that several objects emit is kept, by the linker, from the first object that has
+    it; so the copy linked is always one compiled for the lowest capability that uses it, never code
+    that needs instructions its callers were not compiled to assume."""
+
+    def build_extension(self, ext):
+        ext.extra_objects = []
+        for capability, flags in CAPABILITY_FLAGS.items():
+            macros = [*ext.define_macros, ("CPU_CAPABILITY", capability), (f"CPU_CAPABILITY_{capability}", None)]
+            ext.extra_objects += self.compiler.compile(
+                KERNEL_SOURCES, output_dir=os.path.join(self.build_temp, capability), macros=macros,
+                include_dirs=ext.include_dirs, extra_postargs=ext.extra_compile_args + flags, depends=ext.depends)
+        super().build_extension(ext)
+
 
 # The oldest torch whose APIs we use: torch.library.register_fake / register_autograd / opcheck and
 # the device-generic autocast API (torch.is_autocast_enabled(device_type),
@@ -31,6 +65,8 @@ setup(
             "manual_ops._C",
             SOURCES,
             include_dirs=[os.path.join(HERE, "csrc")],
+            # Rebuild when a kernel file or a header changes, not only one of SOURCES.
+            depends=KERNEL_SOURCES + _files("csrc/*.h") + _files("csrc/cpu/*.h"),
             # Stringified in registration.cpp; import manual_ops compares it with torch.__version__.
             define_macros=[("MANUAL_OPS_BUILT_WITH_TORCH", torch.__version__)],
             # torch is built with OpenMP; at::parallel_for is header-inlined, so we need it too.
@@ -38,7 +74,7 @@ setup(
             extra_link_args=["-fopenmp"],
         )
     ],
-    cmdclass={"build_ext": BuildExtension},
+    cmdclass={"build_ext": BuildExtensionPerCapability},
     python_requires=">=3.10",
     install_requires=[TORCH_REQUIREMENT],
     extras_require={"train": TRAIN_EXTRAS, "test": TEST_EXTRAS},

@@ -17,15 +17,16 @@
 extern "C" __attribute__((used, visibility("default"))) const char manual_ops_built_with_torch[] =
     "manual_ops-built-with-torch:" MANUAL_OPS_STRINGIFY(MANUAL_OPS_BUILT_WITH_TORCH) ";";
 
-// manual_ops._C.cpu_capability(): "avx2" or "default", the kernels this process runs (cpu_capability.h).
+// manual_ops._C.cpu_capability(): "avx512", "avx2" or "default", the copy of the kernels this process
+// runs (cpu_capability.h).
 static PyObject* cpu_capability(PyObject*, PyObject*) {
-  return PyUnicode_FromString(manual_ops::use_avx2() ? "avx2" : "default");
+  return PyUnicode_FromString(manual_ops::capability_name(manual_ops::cpu_capability()));
 }
 
 // `import manual_ops._C` loads this shared library, which runs the registrations.
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
-      {"cpu_capability", cpu_capability, METH_NOARGS, "The kernels this process runs: 'avx2' or 'default'."},
+      {"cpu_capability", cpu_capability, METH_NOARGS, "The kernels this process runs: 'avx512', 'avx2' or 'default'."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

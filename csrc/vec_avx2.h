@@ -1,6 +1,7 @@
-// Helpers of the AVX2 paths of the kernels (only callable where use_avx2() in cpu_capability.h
-// holds): loads and stores of 8 float32 lanes from and to float32, bfloat16 and float16 memory
-// (float16 needs F16C, which every AVX2 CPU has), masks and horizontal reductions. The conversions
+// Helpers of the AVX2 paths of the kernels not yet written with at::vec (only callable where
+// use_avx2() below holds: the avx2 and avx512 levels of cpu_capability.h): loads and stores of 8
+// float32 lanes from and to float32, bfloat16 and float16 memory (float16 needs F16C, which every
+// AVX2 CPU has), masks and horizontal reductions. The conversions
 // are those of c10::BFloat16 and c10::Half, so the AVX2 and the portable code round alike:
 //
 // - bfloat16 -> float32 is exact: the 16 bits become the high half of the float32's bits;
@@ -19,7 +20,11 @@
 #include <cstdint>
 #include <type_traits>
 
+#define MANUAL_OPS_AVX2 __attribute__((target("avx2,fma,f16c")))
+
 namespace manual_ops {
+
+inline bool use_avx2() { return cpu_capability() != Capability::DEFAULT; }
 
 // The storage types with AVX2 loops (float32, bfloat16, float16: arithmetic in float32 lanes); the
 // kernels choose them with `if constexpr (has_avx2_path<T>)` and then use_avx2().

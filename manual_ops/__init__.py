@@ -11,10 +11,14 @@ from .modules.batch_norm import clamp_beta_, register_clamp_beta_hook  # noqa: E
 
 
 def cpu_capability() -> str:
-    """The vector instructions manual_ops' kernels use in this process: ``"avx2"`` (AVX2 and FMA) where the
-    CPU has them, else ``"default"`` (portable code). Set the environment variable
-    ``MANUAL_OPS_CPU_CAPABILITY=default`` before the import to force the portable code, as
-    ``ATEN_CPU_CAPABILITY`` does for torch's own kernels (see :func:`torch.backends.cpu.get_cpu_capability`)."""
+    """The copy of manual_ops' vectorised kernels this process runs: ``"avx512"`` (AVX-512 F/BW/VL/DQ),
+    ``"avx2"`` (AVX2 and FMA) or ``"default"`` (portable code), the highest the CPU has. Set the environment
+    variable ``MANUAL_OPS_CPU_CAPABILITY=default|avx2|avx512`` before the first op to force a lower level, as
+    ``ATEN_CPU_CAPABILITY`` does for torch's own kernels (see :func:`torch.backends.cpu.get_cpu_capability`);
+    a level the CPU lacks, or an unknown value, is ignored with a warning.
+
+    Kernels ported to ``at::vec`` (csrc/cpu/) run at all three levels; the others still have one AVX2 copy,
+    which runs at ``"avx2"`` and ``"avx512"``."""
     return _C.cpu_capability()
 
 

@@ -1,6 +1,6 @@
-"""The two versions of the kernels that have an AVX2/FMA one (csrc/cpu_capability.h): this process runs the
-AVX2 code wherever the CPU has it, and a fresh process with MANUAL_OPS_CPU_CAPABILITY=default runs the
-portable code, through the same parity tests against the built-in."""
+"""The copies of the kernels per CPU capability (csrc/cpu_capability.h): this process runs the highest
+level the CPU has (avx512, avx2 or default), and a fresh process with MANUAL_OPS_CPU_CAPABILITY set to each
+lower level runs that copy through the same parity tests against the built-in."""
 import os
 import subprocess
 import sys
@@ -11,33 +11,65 @@ import manual_ops
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The tests whose kernels have an AVX2 version, re-run with the portable code (relu's and cross_entropy's
-# own files rerun theirs: test_portable_kernels_too, test_cross_entropy_kernels.py).
+# The tests of the kernels with vectorised copies, re-run at each lower level (cross_entropy's own file
+# reruns its kernel tests with the portable code: test_cross_entropy_kernels.py).
 PORTABLE_RUNS = {
     "conv2d": ["tests/test_conv2d.py", "-k", "parity or layouts or gradcheck or large_batch or full_correlation or property or requested"],
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
+    "relu": ["tests/test_relu.py", "-k", "nan_and_signed_zero or parity or property"],
     "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy or pool"],
 }
 
 
-def _portable_env():
-    return {**os.environ, "MANUAL_OPS_CPU_CAPABILITY": "default", "PYTHONPATH": ROOT}
+LEVELS = ["default", "avx2", "avx512"]
+# The CPU flags each level needs (csrc/cpu_capability.cpp), named in the reason of a skip.
+NEEDS = {"avx2": "avx2, fma and f16c", "avx512": "avx512f, avx512bw, avx512vl and avx512dq"}
+THIS_PROCESS = manual_ops.cpu_capability()
 
 
-def test_capability_is_chosen_per_process():
-    assert manual_ops.cpu_capability() in ("avx2", "default")
-    out = subprocess.run([sys.executable, "-c", "import manual_ops; print(manual_ops.cpu_capability())"],
-                         env=_portable_env(), cwd=ROOT, capture_output=True, text=True, timeout=120)
+def _env(level):
+    return {**os.environ, "MANUAL_OPS_CPU_CAPABILITY": level, "PYTHONPATH": ROOT}
+
+
+def _capability_in_child(level):
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import manual_ops; print(manual_ops.cpu_capability())"],
+                         env=_env(level), cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "default"
+    return out.stdout.strip(), out.stderr
 
 
-@pytest.mark.skipif(manual_ops.cpu_capability() != "avx2",
-                    reason="this CPU runs the portable code already, in every other test")
+def test_this_process_runs_the_highest_level_the_cpu_has():
+    assert THIS_PROCESS in LEVELS
+    assert _capability_in_child(THIS_PROCESS)[0] == THIS_PROCESS
+
+
+@pytest.mark.parametrize("level", LEVELS)
+def test_a_lower_level_can_be_forced_and_a_higher_one_is_ignored_with_a_warning(level):
+    got, stderr = _capability_in_child(level)
+    if LEVELS.index(level) <= LEVELS.index(THIS_PROCESS):
+        assert got == level and "ignoring" not in stderr
+    else:
+        assert got == THIS_PROCESS
+        assert f"ignoring MANUAL_OPS_CPU_CAPABILITY={level}: this CPU supports at most {THIS_PROCESS}" in stderr
+
+
+def test_an_unknown_level_is_ignored_with_a_warning():
+    got, stderr = _capability_in_child("avx1024")
+    assert got == THIS_PROCESS
+    assert "ignoring invalid value for MANUAL_OPS_CPU_CAPABILITY: avx1024" in stderr
+
+
+# Every level below this process's (which every other test runs) and, as skips, those the CPU lacks.
+_LOWER = [pytest.param(level, marks=pytest.mark.skipif(
+    LEVELS.index(level) > LEVELS.index(THIS_PROCESS), reason=f"this CPU lacks {NEEDS.get(level)}"))
+    for level in LEVELS if level != THIS_PROCESS]
+
+
+@pytest.mark.parametrize("level", _LOWER)
 @pytest.mark.parametrize("name", list(PORTABLE_RUNS))
-def test_portable_kernels_match_builtin(name):
+def test_each_capability_matches_builtin(name, level):
     args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *PORTABLE_RUNS[name]]
-    out = subprocess.run(args, env=_portable_env(), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    out = subprocess.run(args, env=_env(level), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout

@@ -1,7 +1,4 @@
 """manual_ops relu (and in-place relu): gradcheck, parity with torch, opcheck, torch.compile, properties, errors."""
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
@@ -59,8 +56,8 @@ def test_parity_float32(layout, inplace):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_nan_and_signed_zero_like_torch(dtype):
-    # 35 values: full vectors of the AVX2 kernels (8 float32 or 16 bfloat16/float16 values) and a tail
-    # (see test_portable_kernels_too); NaN where torch has NaN (ours passes the input's NaN through; torch's
+    # 35 values: full vectors of every capability's copy (up to 16 float32 or 32 bfloat16/float16 lanes)
+    # and a tail (each lower capability reruns this: tests/test_cpu_capability.py); NaN where torch has NaN (ours passes the input's NaN through; torch's
     # bfloat16 relu returns another NaN's bits), every other output bit for bit (the sign of -0.0 included)
     special = [float("nan"), -0.0, 0.0, -1.0, 2.0, float("-inf"), float("inf")]
     x = torch.tensor(special * 5, dtype=dtype, requires_grad=True)
@@ -75,18 +72,6 @@ def test_nan_and_signed_zero_like_torch(dtype):
     inplace = x.detach().clone()
     mF.relu(inplace, inplace=True)
     assert torch.equal(inplace.nan_to_num(), ref.detach().nan_to_num()) and torch.equal(inplace.isnan(), ref.isnan())
-
-
-def test_portable_kernels_too():
-    """The tests of special values and parity, run again with the portable kernels
-    (MANUAL_OPS_CPU_CAPABILITY=default) in a subprocess."""
-    home = os.path.dirname(os.path.dirname(os.path.abspath(manual_ops.__file__)))
-    env = dict(os.environ, MANUAL_OPS_CPU_CAPABILITY="default",
-               PYTHONPATH=os.pathsep.join(filter(None, [home, os.environ.get("PYTHONPATH")])))
-    result = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", __file__,
-                             "-k", "nan_and_signed_zero or parity_float32 or property"],
-                            env=env, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stdout[-2000:]
 
 
 def test_inplace_returns_input_and_bumps_version():
