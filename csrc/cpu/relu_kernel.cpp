@@ -16,15 +16,15 @@ using at::vec::Vectorized;
 
 constexpr int64_t kGrain = 1 << 15;
 
-// out[i] = f(a[i], b[i]) for i in [0, n), a vector at a time, the last partial one by count.
-// Unlike at::vec::map2, bfloat16 and float16 stay Vectorized<T> (no round trip through float32):
+// out[i] = f(in[i]...) for i in [0, n), a vector at a time, the last partial one by count.
+// Unlike at::vec::map, bfloat16 and float16 stay Vectorized<T> (no round trip through float32):
 // relu only compares and selects, so every value keeps its bits.
-template <typename T, typename F>
-void select_loop(const F& f, T* out, const T* a, const T* b, int64_t n) {
+template <typename T, typename F, typename... In>
+void select_loop(const F& f, T* out, int64_t n, const In*... in) {
   using Vec = Vectorized<T>;
   int64_t i = 0;
-  for (; i + Vec::size() <= n; i += Vec::size()) f(Vec::loadu(a + i), Vec::loadu(b + i)).store(out + i);
-  if (i < n) f(Vec::loadu(a + i, n - i), Vec::loadu(b + i, n - i)).store(out + i, n - i);
+  for (; i + Vec::size() <= n; i += Vec::size()) f(Vec::loadu(in + i)...).store(out + i);
+  if (i < n) f(Vec::loadu(in + i, n - i)...).store(out + i, n - i);
 }
 
 // y[i] = max(x[i], 0), as `x < 0 ? 0 : x`: the compare is false for NaN and for -0.0, so both pass
@@ -36,11 +36,11 @@ void relu_kernel(const at::Tensor& x, at::Tensor& y) {
     scalar_t* out = y.mutable_data_ptr<scalar_t>();  // == in for relu_
     at::parallel_for(0, x.numel(), kGrain, [&](int64_t begin, int64_t end) {
       select_loop(
-          [](Vectorized<scalar_t> v, Vectorized<scalar_t>) {
+          [](Vectorized<scalar_t> v) {
             const Vectorized<scalar_t> zero(scalar_t(0));
             return Vectorized<scalar_t>::blendv(v, zero, v < zero);
           },
-          out + begin, in + begin, in + begin, end - begin);
+          out + begin, end - begin, in + begin);
     });
   });
 }
@@ -57,7 +57,7 @@ void relu_backward_kernel(const at::Tensor& result, const at::Tensor& grad_outpu
             const Vectorized<scalar_t> zero(scalar_t(0));
             return Vectorized<scalar_t>::blendv(g, zero, yv <= zero);
           },
-          dx + begin, y + begin, dy + begin, end - begin);
+          dx + begin, end - begin, y + begin, dy + begin);
     });
   });
 }
