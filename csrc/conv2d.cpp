@@ -421,12 +421,12 @@ Tensor im2col_grad_weight(const Tensor& grad_output, const Tensor& input, const 
   Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw},
                         weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
   if (input.numel() == 0) dw.zero_();
-  // at::mm writes only plain matrices: where dW's tap-order view is not one (a weight that is not
-  // channels-last), the tiles' GEMMs add up in a plain (Cout, K) buffer, copied into dW's layout
-  // once (not one product per tile, added into the view apart); dW itself is then allocated after
-  // the GEMMs, once their scratch is freed.
+  // at::mm and oneDNN's micro-kernel write only plain matrices in place: where dW's tap-order view
+  // is not one (a weight that is not channels-last), the tiles' GEMMs add up in a plain (Cout, K)
+  // buffer, copied into dW's layout once (not one product per tile, added into the view apart);
+  // dW itself is then allocated after the GEMMs, once their scratch is freed.
   Matrix dw_target = weight_taps(dw, G);
-  const bool plain_sum = !own_gemm(input.scalar_type()) && !dw_target.cols.is_plain() && input.numel() > 0;
+  const bool plain_sum = !dw_target.cols.is_plain() && input.numel() > 0;
   const at::TensorOptions dw_options = dw.options();
   Tensor dw_sum;
   if (plain_sum) {

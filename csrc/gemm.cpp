@@ -9,9 +9,13 @@
 #include "gemm.h"
 #include "vec_avx2.h"
 
+#include <ATen/native/CPUBlas.h>
 #include <immintrin.h>
 
 #include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <type_traits>
 #include <vector>
 
 namespace manual_ops {
@@ -144,6 +148,32 @@ MANUAL_OPS_AVX2 void epilogue_row(TC* c, const float* a, int64_t n, float row_bi
   }
 }
 
+// The epilogue of a float32 block acc (mc x nc, row stride ld) of C, at row ic and column jc: plus
+// bias (one value per column of C, or per row when `bias_per_row`; or nullptr) and the old C when
+// `accumulate`, rounded once into C. col_offset: scratch for nc offsets.
+template <typename TC>
+void epilogue(const View<TC>& C, const float* acc, int64_t ld, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
+              const float* bias, bool bias_per_row, bool accumulate, int64_t* col_offset) {
+  const bool unit_cols = use_avx2() && C.cols.is_plain() && C.cols.stride == 1;
+  for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
+  for (int64_t i = 0; i < mc; ++i) {
+    TC* c = C.data + C.rows.offset(ic + i);
+    const float* a = acc + i * ld;
+    const float row_bias = bias != nullptr && bias_per_row ? bias[ic + i] : 0.f;
+    const float* col_bias = bias != nullptr && !bias_per_row ? bias + jc : nullptr;
+    if (unit_cols) {
+      epilogue_row(c + jc, a, nc, row_bias, col_bias, accumulate);
+      continue;
+    }
+    for (int64_t j = 0; j < nc; ++j) {
+      float v = a[j] + row_bias;
+      if (col_bias != nullptr) v += col_bias[j];
+      if (accumulate) v += static_cast<float>(c[col_offset[j]]);
+      c[col_offset[j]] = static_cast<TC>(v);
+    }
+  }
+}
+
 // C = A @ B + bias, or C += A @ B + bias when `accumulate`, for float32 `bias` (one value per column
 // of C, or nullptr). Each C[i, j] is a float32 fused-multiply-add chain over k, rounded once into TC.
 template <typename TA, typename TC>
@@ -172,12 +202,13 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
   const int64_t n_padded = round_up(N, NR), nc_max = std::min(n_padded, NC), kc_max = std::min(K, KC);
   // B is packed once, by all threads, before the row blocks share it: the depth block starting
   // at pc holds its panels of NR columns from b_pack + pc * n_padded, panel j at + j * kc.
-  std::vector<float> b_pack(n_padded * K);
+  const Tensor b_packed = at::empty({n_padded * K}, at::kFloat);  // every value is written
+  float* const b_pack = b_packed.mutable_data_ptr<float>();
   const int64_t panels = n_padded / NR, depth_blocks = (K + KC - 1) / KC;
   at::parallel_for(0, depth_blocks * panels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t task = begin; task < end; ++task) {
       const int64_t pc = task / panels * KC, j = task % panels * NR, kc = std::min(KC, K - pc);
-      pack_panels<NR>(B.t(), j, std::min(NR, N - j), pc, kc, b_pack.data() + pc * n_padded + j * kc);
+      pack_panels<NR>(B.t(), j, std::min(NR, N - j), pc, kc, b_pack + pc * n_padded + j * kc);
     }
   });
   // A float32 C of unit column stride (and no bias) is updated in place by the micro-kernel: no
@@ -198,7 +229,7 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
         for (int64_t pc = 0; pc < K; pc += KC) {
           const int64_t kc = std::min(KC, K - pc);
           pack_panels<MR>(A, ic, mc, pc, kc, a_pack.data());
-          const float* b_block = b_pack.data() + pc * n_padded + jc * kc;
+          const float* b_block = b_pack + pc * n_padded + jc * kc;
           for (int64_t jr = 0; jr < nc; jr += NR) {
             for (int64_t ir = 0; ir < mc; ir += MR) {
               const float* a = a_pack.data() + ir * kc;
@@ -223,26 +254,137 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
           }
         }
         if (in_place) continue;
-        // Epilogue: the float32 block, plus bias and the old C, rounded once into C.
-        const bool unit_cols = C.cols.is_plain() && C.cols.stride == 1;
-        for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
-        for (int64_t i = 0; i < mc; ++i) {
-          TC* c = C.data + C.rows.offset(ic + i);
-          const float* a = acc.data() + i * nc_max;
-          const float row_bias = bias != nullptr && transpose ? bias[ic + i] : 0.f;
-          if (unit_cols) {
-            epilogue_row(c + jc, a, nc, row_bias, bias != nullptr && !transpose ? bias + jc : nullptr, accumulate);
-            continue;
-          }
-          for (int64_t j = 0; j < nc; ++j) {
-            float v = a[j] + row_bias;
-            if (bias != nullptr && !transpose) v += bias[jc + j];
-            if (accumulate) v += static_cast<float>(c[col_offset[j]]);
-            c[col_offset[j]] = static_cast<TC>(v);
-          }
-        }
+        epilogue(C, acc.data(), nc_max, ic, mc, jc, nc, bias, transpose, accumulate, col_offset.data());
       }
     }
+  });
+}
+
+// The same product on oneDNN's batch-reduce GEMM micro-kernel, at::native::cpublas::brgemm (AMX
+// tiles, or AVX512-BF16 / AVX512-FP16 dot products, whichever oneDNN finds on the CPU):
+//   acc (mb x nb) (+)= A block (mb x kc, row-major) @ B panel (kc x nb, VNNI),
+// float32 sums of products of the operands' dtype. B is packed once into panels of kBrCols columns
+// in VNNI order, two depths of a column adjacent: panel[(p / 2) * 2 nb + 2 n + p % 2] = B[p, n],
+// the depth padded to even with a zero. Each thread takes blocks of up to kBrRows rows of C, packs
+// its A block row-major per depth block of kBrDepth (converting nothing), sums into a float32
+// block of the block's rows and all of C's columns, and rounds it once into C (epilogue). An A
+// whose rows are plain and depths adjacent, of an even depth, is read in place (packing it cost as
+// much as the micro-kernel on a conv's (pixels x 576) im2col matrix).
+// Where oneDNN has no micro-kernel for the dtype (MANUAL_OPS_BF16_GEMM=onednn on such a CPU, for
+// the tests), the same packed blocks go through a plain loop (tile_product).
+constexpr int64_t kBrRows = 128, kBrCols = 128, kBrDepth = 1024;  // kBrDepth even
+
+template <typename T>
+void tile_product(bool hardware, int64_t m, int64_t n, int64_t kc, const T* a, int64_t lda, const T* b, float* acc,
+                  int64_t ld, bool add) {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  if (hardware) return at::native::cpublas::brgemm(m, n, kc, lda, n, ld, add, a, b, acc, true);
+#endif
+  for (int64_t i = 0; i < m; ++i)
+    for (int64_t j = 0; j < n; ++j) {
+      float sum = add ? acc[i * ld + j] : 0.f;
+      for (int64_t p = 0; p < kc; ++p)
+        sum += static_cast<float>(a[i * lda + p]) * static_cast<float>(b[p / 2 * 2 * n + 2 * j + p % 2]);
+      acc[i * ld + j] = sum;
+    }
+}
+
+// out[2 n] = r0[n], out[2 n + 1] = r1[n] for n < count: two rows of 16-bit values into VNNI pairs,
+// 16 a step. Intrinsics: at::vec's interleave2 has no 16-bit AVX2 version (its generic one is a
+// scalar loop, which made packing the column matrix most of a bfloat16 conv's dW time).
+template <typename T>
+MANUAL_OPS_AVX2 void interleave_rows_avx2(const T* r0, const T* r1, int64_t count, T* out) {
+  static_assert(sizeof(T) == 2, "16-bit values");
+  int64_t n = 0;
+  for (; n + 16 <= count; n += 16) {
+    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + n));
+    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + n));
+    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);  // per 128-bit lane
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * n), _mm256_permute2x128_si256(lo, hi, 0x20));
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * n + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
+  }
+  for (; n < count; ++n) out[2 * n] = r0[n], out[2 * n + 1] = r1[n];
+}
+
+template <typename TA, typename TC>
+void gemm_brgemm(const View<const TA>& A, const View<const TA>& B, const View<TC>& C, bool accumulate,
+                 const float* bias, bool hardware) {
+  // Not transposed as in gemm(): B, packed whole, is the large operand of dW's GEMMs (the column
+  // matrix, whose rows pack two at a time), A the small one (dY^T, whose transposition took 40% of
+  // a conv backward's time when it was the other way round).
+  const int64_t M = C.rows.size, N = C.cols.size, K = A.cols.size, Kp = round_up(K, 2);
+  if (M == 0 || N == 0) return;
+  // Panel j0 (columns j0 .. j0 + nb) at b_pack + j0 * Kp; every value is written.
+  const Tensor b_packed = at::empty({Kp * N}, at::TensorOptions().dtype(c10::CppTypeToScalarType<TA>::value));
+  TA* const b_pack = b_packed.mutable_data_ptr<TA>();
+  const int64_t panels = (N + kBrCols - 1) / kBrCols;
+  at::parallel_for(0, panels * (Kp / 2), 64, [&](int64_t begin, int64_t end) {
+    std::vector<int64_t> col(kBrCols);
+    int64_t filled = -1;
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t j0 = task / (Kp / 2) * kBrCols, nb = std::min(kBrCols, N - j0), p = task % (Kp / 2) * 2;
+      if (filled != j0) {
+        for (int64_t n = 0; n < nb; ++n) col[n] = B.cols.offset(j0 + n);
+        filled = j0;
+      }
+      TA* out = b_pack + j0 * Kp + p * nb;
+      const TA* r0 = B.data + B.rows.offset(p);
+      const TA* r1 = p + 1 < K ? B.data + B.rows.offset(p + 1) : nullptr;
+      if (B.cols.is_plain() && B.cols.stride == 1 && r1 != nullptr && use_avx2()) {
+        interleave_rows_avx2(r0 + j0, r1 + j0, nb, out);
+      } else {
+        for (int64_t n = 0; n < nb; ++n) out[2 * n] = r0[col[n]], out[2 * n + 1] = r1 ? r1[col[n]] : TA(0);
+      }
+    }
+  });
+  const int64_t threads = at::get_num_threads();
+  const int64_t mb_max = std::clamp(round_up((M + 2 * threads - 1) / (2 * threads), 16), int64_t(16), kBrRows);
+  const int64_t kc_max = std::min(Kp, kBrDepth);
+  const bool a_in_place = A.rows.is_plain() && A.cols.is_plain() && A.cols.stride == 1 && K == Kp;
+  // A float32 C of plain rows and adjacent columns, with no bias, is summed into in place (dX's
+  // float32 column gradients, dW's float32 sum over tiles of samples): no block copy.
+  const bool c_in_place =
+      std::is_same_v<TC, float> && bias == nullptr && C.rows.is_plain() && C.cols.is_plain() && C.cols.stride == 1;
+  at::parallel_for(0, (M + mb_max - 1) / mb_max, 1, [&](int64_t begin, int64_t end) {
+    std::vector<TA> a_pack(a_in_place ? 0 : mb_max * kc_max);
+    std::vector<float> block_acc(c_in_place ? 0 : mb_max * N);
+    std::vector<int64_t> depth(kc_max), col_offset(N);
+    for (int64_t block = begin; block < end; ++block) {
+      const int64_t ic = block * mb_max, mb = std::min(mb_max, M - ic);
+      float* const acc = c_in_place ? reinterpret_cast<float*>(C.data + C.rows.offset(ic)) : block_acc.data();
+      const int64_t ld = c_in_place ? C.rows.stride : N;
+      if (Kp == 0 && !(c_in_place && accumulate))
+        for (int64_t i = 0; i < mb; ++i) std::fill(acc + i * ld, acc + i * ld + N, 0.f);
+      for (int64_t pc = 0; pc < Kp; pc += kBrDepth) {
+        const int64_t kc = std::min(kBrDepth, Kp - pc), valid = std::min(kc, K - pc);
+        const TA* a = a_in_place ? A.data + A.rows.offset(ic) + pc : a_pack.data();
+        const int64_t lda = a_in_place ? A.rows.stride : kc;
+        if (!a_in_place) {
+          for (int64_t q = 0; q < valid; ++q) depth[q] = A.cols.offset(pc + q);
+          for (int64_t i = 0; i < mb; ++i) std::fill(a_pack.data() + i * kc + valid, a_pack.data() + (i + 1) * kc, TA(0));
+          if (A.rows.is_plain() && A.rows.stride == 1) {  // A^T's rows are adjacent (dW's dY^T): 16 of them at once
+            const TA* src = A.data + ic;
+            for (int64_t q0 = 0; q0 < valid; q0 += 16)
+              for (int64_t i = 0; i < mb; ++i)
+                for (int64_t q = q0; q < std::min(q0 + 16, valid); ++q) a_pack[i * kc + q] = src[depth[q] + i];
+          } else {
+            for (int64_t i = 0; i < mb; ++i) {
+              const TA* src = A.data + A.rows.offset(ic + i);
+              for (int64_t q = 0; q < valid; ++q) a_pack[i * kc + q] = src[depth[q]];
+            }
+          }
+        }
+        for (int64_t j0 = 0; j0 < N; j0 += kBrCols) {
+          const int64_t nb = std::min(kBrCols, N - j0);
+          tile_product(hardware, mb, nb, kc, a, lda, b_pack + j0 * Kp + pc * nb, acc + j0, ld,
+                       pc > 0 || (c_in_place && accumulate));
+        }
+      }
+      if (!c_in_place) epilogue(C, acc, N, ic, mb, 0, N, bias, false, accumulate, col_offset.data());
+    }
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+    if (hardware) at::native::cpublas::brgemm_release();
+#endif
   });
 }
 
@@ -272,7 +414,35 @@ Tensor as_tensor(const Matrix& m) {
 
 }  // namespace
 
-bool own_gemm(at::ScalarType t) { return use_avx2() && is_reduced_floating(t); }
+// MANUAL_OPS_BF16_GEMM: "onednn" or "own", else (unset, or any other value, with a warning) oneDNN's micro-kernel wherever it has one
+// for the dtype (at::native::cpublas::could_pack: AMX-BF16 or AVX512-BF16 for bfloat16; AMX-FP16
+// or AVX512-FP16 for float16), our AVX2 GEMM elsewhere.
+LowPrecisionGemm low_precision_gemm(at::ScalarType t) {
+  static const char* requested = std::getenv("MANUAL_OPS_BF16_GEMM");
+  static const bool forced_onednn = requested != nullptr && std::strcmp(requested, "onednn") == 0;
+  static const bool forced_own = requested != nullptr && std::strcmp(requested, "own") == 0;
+  if (requested != nullptr && !forced_onednn && !forced_own) {
+    TORCH_WARN_ONCE("manual_ops: ignoring invalid value for MANUAL_OPS_BF16_GEMM: ", requested,
+                    " (expected onednn or own)");
+  }
+  TORCH_CHECK(is_reduced_floating(t), "manual_ops low_precision_gemm: expected bfloat16 or float16, but got ", t);
+  if (forced_onednn || (!forced_own && onednn_has_micro_kernel(t))) return LowPrecisionGemm::onednn;
+  return use_avx2() ? LowPrecisionGemm::own : LowPrecisionGemm::mm;
+}
+
+bool onednn_has_micro_kernel(at::ScalarType t) {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
+  return t == at::kBFloat16 ? bf16 : t == at::kHalf && fp16;
+#else
+  return false;
+#endif
+}
+
+bool own_gemm(at::ScalarType t) {
+  return is_reduced_floating(t) && low_precision_gemm(t) != LowPrecisionGemm::mm;
+}
 
 Matrix matrix(const Tensor& t) {
   TORCH_CHECK(t.dim() == 2, "manual_ops matrix: expected a 2-D tensor, but got size ", t.sizes());
@@ -286,6 +456,17 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
   TORCH_CHECK(A.cols.size == B.rows.size && A.rows.size == C.rows.size && B.cols.size == C.cols.size,
               "manual_ops matmul: mismatched sizes (", A.rows.size, " x ", A.cols.size, ") @ (", B.rows.size, " x ",
               B.cols.size, ") into (", C.rows.size, " x ", C.cols.size, ")");
+  if (is_reduced_floating(t) && out_type == t && !accumulate && low_precision_gemm(t) == LowPrecisionGemm::onednn) {
+    // One product into C of the operands' dtype, on plain matrices: oneDNN's matmul (AMX), float32
+    // sums plus bias rounded once, measured 1.5-2.5x our blocking around its micro-kernel. The same
+    // call on a CPU without the hardware (MANUAL_OPS_BF16_GEMM=onednn) is slow but as exact.
+    const Tensor a = as_tensor(A), b = as_tensor(B);
+    Tensor c = as_tensor(C);
+    if (a.dim() == 2 && b.dim() == 2 && c.dim() == 2) {
+      bias.defined() ? at::addmm_out(c, bias.to(t), a, b) : at::mm_out(c, a, b);
+      return;
+    }
+  }
   if (!own_gemm(t)) {
     // at::mm in the opmath dtype (float32 for bfloat16/float16 operands), rounded once into C.
     const at::ScalarType ct = at::toOpMathType(t);
@@ -313,12 +494,14 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
   AT_DISPATCH_REDUCED_FLOATING_TYPES(t, "manual_ops_matmul", [&] {
     const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};
     const View<const scalar_t> b{B.t.const_data_ptr<scalar_t>() + B.offset, B.rows, B.cols};
-    if (out_type == at::kFloat) {
-      gemm<scalar_t, float>(a, b, {C.t.mutable_data_ptr<float>() + C.offset, C.rows, C.cols}, accumulate, bias_data);
-    } else {
-      gemm<scalar_t, scalar_t>(a, b, {C.t.mutable_data_ptr<scalar_t>() + C.offset, C.rows, C.cols}, accumulate,
-                               bias_data);
-    }
+    const bool onednn = low_precision_gemm(t) == LowPrecisionGemm::onednn, hardware = onednn_has_micro_kernel(t);
+    const auto run = [&](auto* c_data) {
+      using TC = std::remove_pointer_t<decltype(c_data)>;
+      const View<TC> c{c_data + C.offset, C.rows, C.cols};
+      onednn ? gemm_brgemm<scalar_t, TC>(a, b, c, accumulate, bias_data, hardware)
+             : gemm<scalar_t, TC>(a, b, c, accumulate, bias_data);
+    };
+    out_type == at::kFloat ? run(C.t.mutable_data_ptr<float>()) : run(C.t.mutable_data_ptr<scalar_t>());
   });
 }
 

@@ -1,14 +1,18 @@
 // The GEMMs of the convolution kernels: matmul() on Matrix views (any strides, and a dimension
 // may be split in two: a conv weight seen in place as a (Cout, kh*kw*Cg) matrix in tap order).
 //
-// bfloat16 and float16 operands go to our own GEMM (gemm.cpp): it packs its operands into float32
-// panels itself, so they are converted as they are packed (no float32 copy of them is made),
-// multiplies in float32 with an AVX2/FMA micro-kernel, and rounds the float32 result once into an
-// output of the operands' dtype or float32. ATen's at::mm has no fast bfloat16/float16 path on CPUs
-// without native support for them (1024^2: 2.25 s against 12-25 ms in float32 here). float32 and
-// float64 go to at::mm (MKL), which is faster on our float32 shapes than our GEMM (measured:
-// conv geometric mean 1.14-1.21 against 1.32 of the built-in's time), as do all dtypes on a CPU
-// without AVX2 and FMA (on float32 copies).
+// bfloat16 and float16 operands go to our own GEMMs (gemm.cpp), which pack the operands themselves
+// (no float32 copy of them is made) and round the float32 result once into an output of the
+// operands' dtype or float32. Where oneDNN has a micro-kernel for the dtype (AMX, AVX512-BF16,
+// AVX512-FP16), the packed blocks are multiplied by it (at::native::cpublas::brgemm: products of
+// the operands' dtype, float32 sums; 4x our float32 GEMM's speed on a Sapphire Rapids Xeon);
+// elsewhere they are converted to float32 as they are packed and multiplied with an AVX2/FMA
+// micro-kernel. ATen's at::mm has no fast bfloat16/float16 path on CPUs without native support for
+// them (1024^2: 2.25 s against 12-25 ms in float32 on an AVX2 EPYC), and on those with it rounds a
+// sum of tiles (several GEMMs into one float32 result) more than once. float32 and float64 go to
+// at::mm (MKL), which is faster on our float32 shapes than our GEMM (measured: conv geometric mean
+// 1.14-1.21 against 1.32 of the built-in's time), as do all dtypes on a CPU without AVX2 and FMA
+// (on float32 copies).
 #pragma once
 
 #include "common.h"
@@ -40,7 +44,16 @@ struct Matrix {
   }
 };
 
-// Whether matmul() runs our GEMM for dtype t (else at::mm).
+// How matmul() multiplies bfloat16 / float16 operands (MANUAL_OPS_BF16_GEMM, gemm.cpp): on oneDNN's
+// micro-kernel (AMX / AVX512-BF16 / AVX512-FP16) with our packing and blocking, with our AVX2 GEMM,
+// or by at::mm on float32 copies (no AVX2).
+enum class LowPrecisionGemm { onednn, own, mm };
+LowPrecisionGemm low_precision_gemm(at::ScalarType t);
+
+// Whether oneDNN has a micro-kernel for dtype t on this CPU.
+bool onednn_has_micro_kernel(at::ScalarType t);
+
+// Whether matmul() runs our GEMM for dtype t, which reads and writes any Matrix view (else at::mm).
 bool own_gemm(at::ScalarType t);
 
 // A 2-D tensor (any strides) as a Matrix.

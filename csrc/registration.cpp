@@ -6,6 +6,9 @@
 #include <torch/library.h>
 
 #include "cpu_capability.h"
+#include "gemm.h"
+
+#include <cstring>
 
 #include <string>
 
@@ -23,10 +26,31 @@ static PyObject* cpu_capability(PyObject*, PyObject*) {
   return PyUnicode_FromString(manual_ops::capability_name(manual_ops::cpu_capability()));
 }
 
+// manual_ops._C.low_precision_gemm(dtype): "onednn", "own" or "mm", how matmul() multiplies that
+// dtype ("bfloat16" or "float16") in this process (gemm.h).
+static PyObject* low_precision_gemm(PyObject*, PyObject* arg) {
+  const char* name = PyUnicode_AsUTF8(arg);
+  if (name == nullptr) return nullptr;
+  if (std::strcmp(name, "bfloat16") != 0 && std::strcmp(name, "float16") != 0) {
+    PyErr_Format(PyExc_ValueError, "low_precision_gemm: expected 'bfloat16' or 'float16', but got '%s'", name);
+    return nullptr;
+  }
+  try {
+    const auto path = manual_ops::low_precision_gemm(std::strcmp(name, "bfloat16") == 0 ? at::kBFloat16 : at::kHalf);
+    return PyUnicode_FromString(path == manual_ops::LowPrecisionGemm::onednn ? "onednn"
+                                : path == manual_ops::LowPrecisionGemm::own  ? "own"
+                                                                             : "mm");
+  } catch (const c10::Error& e) {
+    PyErr_SetString(PyExc_RuntimeError, e.what_without_backtrace());
+    return nullptr;
+  }
+}
+
 // `import manual_ops._C` loads this shared library, which runs the registrations.
 extern "C" PyObject* PyInit__C(void) {
   static PyMethodDef methods[] = {
       {"cpu_capability", cpu_capability, METH_NOARGS, "The kernels this process runs: 'avx512', 'avx2' or 'default'."},
+      {"low_precision_gemm", low_precision_gemm, METH_O, "How matmul() multiplies 'bfloat16' or 'float16'."},
       {nullptr, nullptr, 0, nullptr}};
   static struct PyModuleDef module_def = {PyModuleDef_HEAD_INIT, "_C", nullptr, -1, methods};
   return PyModule_Create(&module_def);

@@ -22,6 +22,20 @@ def cpu_capability() -> str:
     return _C.cpu_capability()
 
 
-__all__ = ["clamp_beta_", "convert", "cpu_capability", "convert_sync_batchnorm", "converted_modules", "functional", "nn",
-           "register_clamp_beta_hook", "revert"]
+def low_precision_gemm(dtype) -> str:
+    """How conv2d's and linear's GEMMs multiply ``dtype`` (``torch.bfloat16`` or ``torch.float16``) in this
+    process: ``"onednn"`` (oneDNN's micro-kernel, on AMX or AVX512-BF16/FP16, with our packing and blocking,
+    float32 sums), ``"own"`` (our AVX2/FMA GEMM in float32) or ``"mm"`` (``torch.mm`` on float32 copies, on a
+    CPU without AVX2). The default is ``"onednn"`` wherever oneDNN has a micro-kernel for the dtype on this
+    CPU; set ``MANUAL_OPS_BF16_GEMM=onednn`` or ``own`` before the import to choose (for both dtypes)."""
+    import torch
+
+    names = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
+    if dtype not in names:
+        raise ValueError(f"low_precision_gemm: expected torch.bfloat16 or torch.float16, but got {dtype}")
+    return _C.low_precision_gemm(names[dtype])
+
+
+__all__ = ["clamp_beta_", "convert", "cpu_capability", "convert_sync_batchnorm", "converted_modules", "functional",
+           "low_precision_gemm", "nn", "register_clamp_beta_hook", "revert"]
 __version__ = "0.1.0"

@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 import manual_ops
 
@@ -73,3 +74,54 @@ def test_each_capability_matches_builtin(name, level):
     out = subprocess.run(args, env=_env(level), cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
     assert " passed" in out.stdout
+
+
+# The bfloat16 / float16 GEMM paths (csrc/gemm.h, manual_ops.low_precision_gemm): this process runs the
+# default for its CPU; a fresh process reruns the low-precision tests on each other path, so that none of
+# them depends on the CPU at hand for its correctness (oneDNN's path is only slow on a CPU without bf16
+# hardware). "mm" is what a CPU without AVX2 gets: our GEMM asked for at the portable level.
+GEMM_PATHS = {"onednn": {"MANUAL_OPS_BF16_GEMM": "onednn"},
+              "own": {"MANUAL_OPS_BF16_GEMM": "own"},
+              "mm": {"MANUAL_OPS_BF16_GEMM": "own", "MANUAL_OPS_CPU_CAPABILITY": "default"}}
+GEMM_RUN = ["tests/test_low_precision.py", "-k", "conv2d or linear or autocast or grad_scaler or opcheck"]
+
+
+def _gemm_env(path):
+    return {**os.environ, "PYTHONPATH": ROOT, **GEMM_PATHS[path]}
+
+
+def _gemm_paths_in_child(env):
+    code = ("import torch, manual_ops; "
+            "print(manual_ops.low_precision_gemm(torch.bfloat16), manual_ops.low_precision_gemm(torch.float16))")
+    out = subprocess.run([sys.executable, "-W", "always", "-c", code], env=env, cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    return out.stdout.split(), out.stderr
+
+
+@pytest.mark.parametrize("path", list(GEMM_PATHS))
+def test_each_bf16_gemm_path_is_chosen_and_matches_builtin(path):
+    if path == "own" and THIS_PROCESS == "default":
+        pytest.skip(f"this CPU lacks {NEEDS['avx2']}: our GEMM runs as at::mm ('mm')")
+    got, _ = _gemm_paths_in_child(_gemm_env(path))
+    assert got == [path, path]
+    if got[0] == manual_ops.low_precision_gemm(torch.bfloat16) and "MANUAL_OPS_CPU_CAPABILITY" not in GEMM_PATHS[path]:
+        pytest.skip("this process's own path, which the rest of the suite tests")
+    args = [sys.executable, "-m", "pytest", "-q", "-x", "-p", "no:cacheprovider", *GEMM_RUN]
+    out = subprocess.run(args, env=_gemm_env(path), cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout[-4000:] + out.stderr[-2000:]
+    assert " passed" in out.stdout
+
+
+def test_an_unknown_bf16_gemm_path_is_ignored_with_a_warning():
+    unset = {k: v for k, v in os.environ.items() if k != "MANUAL_OPS_BF16_GEMM"}
+    default, _ = _gemm_paths_in_child({**unset, "PYTHONPATH": ROOT})
+    got, stderr = _gemm_paths_in_child({**os.environ, "PYTHONPATH": ROOT, "MANUAL_OPS_BF16_GEMM": "amx"})
+    assert got == default
+    assert "ignoring invalid value for MANUAL_OPS_BF16_GEMM: amx (expected onednn or own)" in stderr
+
+
+def test_low_precision_gemm_names_only_16_bit_dtypes():
+    assert manual_ops.low_precision_gemm(torch.bfloat16) in GEMM_PATHS
+    with pytest.raises(ValueError, match="expected torch.bfloat16 or torch.float16, but got torch.float32"):
+        manual_ops.low_precision_gemm(torch.float32)

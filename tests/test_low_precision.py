@@ -99,11 +99,12 @@ def test_conv2d_small_image_many_channels(dtype, k, groups):
 
 
 @pytest.mark.parametrize("dtype", LOW)
-@pytest.mark.parametrize("hw", [12, 16])
-def test_conv2d_long_sums(dtype, hw):
-    """Sums longer than one of the GEMM's depth blocks (256): grad_input over 300 output channels, grad_weight
-    over 4 * hw * hw pixels (rounded from one GEMM at hw=12, summed in float32 at hw=16)."""
-    x = _x(4, 16, hw, hw)
+@pytest.mark.parametrize("n,hw", [(4, 12), (4, 16), (4, 17), (3, 17)])
+def test_conv2d_long_sums(dtype, n, hw):
+    """Sums longer than one of the GEMMs' depth blocks (256 in ours, 1024 around oneDNN's micro-kernel):
+    grad_input over 300 output channels, grad_weight over n * hw * hw pixels (rounded from one GEMM at hw=12,
+    summed in float32 at hw=16; 867 = 3 * 17 * 17 is odd, which oneDNN's VNNI pairs pad with a zero)."""
+    x = _x(n, 16, hw, hw)
     w = (torch.randn(300, 16, 1, 1, dtype=torch.float64) / 4).requires_grad_()
     check_accuracy(mF.conv2d, F.conv2d, [x, w], [dtype, dtype])
 
