@@ -24,6 +24,8 @@ SOURCES = _files("csrc/*.cpp")
 # names its namespace (at::vec's too), -DCPU_CAPABILITY_<name>, which picks at::vec's implementation,
 # and the -m flags of that instruction set. csrc/cpu_capability.cpp picks one copy at run time.
 KERNEL_SOURCES = _files("csrc/cpu/*.cpp")
+# at::vec's headers carry `#pragma unroll`, which gcc does not know and would warn about in every copy.
+KERNEL_FLAGS = ["-Wno-unknown-pragmas"]
 CAPABILITY_FLAGS = {
     "DEFAULT": [],
     "AVX2": ["-mavx2", "-mfma", "-mf16c"],
@@ -44,7 +46,7 @@ class BuildExtensionPerCapability(BuildExtension):
             macros = [*ext.define_macros, ("CPU_CAPABILITY", capability), (f"CPU_CAPABILITY_{capability}", None)]
             ext.extra_objects += self.compiler.compile(
                 KERNEL_SOURCES, output_dir=os.path.join(self.build_temp, capability), macros=macros,
-                include_dirs=ext.include_dirs, extra_postargs=ext.extra_compile_args + flags, depends=ext.depends)
+                include_dirs=ext.include_dirs, extra_postargs=ext.extra_compile_args + KERNEL_FLAGS + flags, depends=ext.depends)
         super().build_extension(ext)
 
 

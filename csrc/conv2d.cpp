@@ -248,10 +248,10 @@ Matrix columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t 
 // order, in place: column k = t * Cg + c, for tap t = i * kw + j, lies at t * s_t + c * stride(1),
 // where the taps are equally spaced, s_t apart (stride(2) = kw * stride(3), as in a contiguous
 // and a channels-last weight, or one of kh, kw is 1); a weight of other strides is copied first.
-// For at::mm (own_gemm false), which needs plain strides, a weight that is not channels-last
+// Where matmul() prefers plain strides (at::mm, oneDNN's matmul), a weight that is not channels-last
 // is copied into tap order once per call, for reading (`copy_for_mm`).
 Matrix weight_taps(const Tensor& weight, const ConvGeometry& G, bool copy_for_mm = false) {
-  if (copy_for_mm && !own_gemm(weight.scalar_type())) {
+  if (copy_for_mm && prefers_plain(weight.scalar_type())) {
     const Tensor taps = nhwc_view(weight);  // (Cout, kh, kw, Cg)
     return matrix((taps.is_contiguous() ? taps : at::empty(taps.sizes(), weight.options()).copy_(taps))
                       .view({G.Cout, G.K()}));
@@ -456,10 +456,36 @@ Tensor im2col_grad_weight(const Tensor& grad_output, const Tensor& input, const 
   return dw.to(weight.scalar_type());
 }
 
+// Whether dX is made as the full correlation itself: the forward conv of dY, padded by (k - 1) d - p,
+// with the rotated, in/out-transposed kernels (rotated_kernels). Each dX value is then one GEMM's
+// float32 sum over all its (tap, output channel) terms, rounded once, with no float32 column
+// gradients and col2im. Chosen for 16-bit dtypes on oneDNN's matmul (measured faster than col2im's
+// float32 passes there), at stride 1 (a strided conv's dY would need zeros inserted), a padding of
+// at most (k - 1) d on each side (more would crop dY), and kCorrelationMinChannels input channels
+// per group (the GEMM's columns: a 3-channel stem's dX took twice col2im's time this way).
+constexpr int64_t kCorrelationMinChannels = 16;
+
+bool grad_input_by_correlation(const ConvGeometry& G, at::ScalarType t) {
+  return is_reduced_floating(t) && low_precision_gemm(t) == LowPrecisionGemm::onednn && G.sh == 1 && G.sw == 1 &&
+         G.Cg() >= kCorrelationMinChannels &&
+         std::max(G.pt, G.pb) <= (G.kh - 1) * G.dh && std::max(G.pl, G.pr) <= (G.kw - 1) * G.dw;
+}
+
+// W'[g Cg + c, o, i, j] = W[g Coutg + o, c, kh - 1 - i, kw - 1 - j]: each group's kernels rotated by
+// 180 degrees, with input and output channels exchanged, as a (C, Cout / groups, kh, kw) weight.
+Tensor rotated_kernels(const Tensor& weight, const ConvGeometry& G) {
+  return weight.view({G.groups, G.Coutg(), G.Cg(), G.kh, G.kw})
+      .transpose(1, 2)
+      .flip({3, 4})
+      .reshape({G.C, G.Coutg(), G.kh, G.kw})
+      .contiguous();
+}
+
 // Backward, from the chain rule through Y = cols @ W^T + b:
 //   dW_g   = dY_g^T @ cols_g                       (correlation of the padded input with dY)
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
-//                                                     with the 180-degree-rotated, in/out-transposed W)
+//                                                     with the 180-degree-rotated, in/out-transposed W,
+//                                                     computed as such where grad_input_by_correlation)
 //   db[co] = sum over n, oh, ow of dY[n, co, oh, ow]
 // dX and then dW are made in two passes over the tiles of samples, so that the scratch of one
 // (dX's tap-order weight and float32 tiles) is freed before the other's (dW's sum, the column
@@ -480,7 +506,12 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   const bool winograd = input.numel() > 0 && use_winograd(G, input.scalar_type());
-  if (output_mask[0]) {
+  if (output_mask[0] && input.numel() > 0 && !winograd && grad_input_by_correlation(G, input.scalar_type())) {
+    const int64_t ph = (G.kh - 1) * G.dh, pw = (G.kw - 1) * G.dw;
+    grad_input = conv2d_forward(grad_output, rotated_kernels(weight, G), std::nullopt, {1, 1},
+                                {ph - G.pt, pw - G.pl, ph - G.pb, pw - G.pr}, {G.dh, G.dw}, G.groups)
+                     .contiguous(memory_format_of(input));
+  } else if (output_mask[0]) {
     grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
     if (winograd) {  // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
       winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);

@@ -7,6 +7,7 @@
 // added into the block's float32 result. The finished block gets the bias (and the old C) and
 // is rounded once into C.
 #include "gemm.h"
+#include "cpu/pack16_kernel.h"
 #include "vec_avx2.h"
 
 #include <ATen/native/CPUBlas.h>
@@ -19,6 +20,10 @@
 #include <vector>
 
 namespace manual_ops {
+
+MANUAL_OPS_DEFINE_KERNEL(vnni_pack_stub);
+MANUAL_OPS_DEFINE_KERNEL(transpose16_stub);
+
 namespace {
 
 // A Matrix's data as T: element (i, j) at data[rows.offset(i) + cols.offset(j)].
@@ -263,13 +268,13 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
 // The same product on oneDNN's batch-reduce GEMM micro-kernel, at::native::cpublas::brgemm (AMX
 // tiles, or AVX512-BF16 / AVX512-FP16 dot products, whichever oneDNN finds on the CPU):
 //   acc (mb x nb) (+)= A block (mb x kc, row-major) @ B panel (kc x nb, VNNI),
-// float32 sums of products of the operands' dtype. B is packed once into panels of kBrCols columns
-// in VNNI order, two depths of a column adjacent: panel[(p / 2) * 2 nb + 2 n + p % 2] = B[p, n],
-// the depth padded to even with a zero. Each thread takes blocks of up to kBrRows rows of C, packs
-// its A block row-major per depth block of kBrDepth (converting nothing), sums into a float32
-// block of the block's rows and all of C's columns, and rounds it once into C (epilogue). An A
-// whose rows are plain and depths adjacent, of an even depth, is read in place (packing it cost as
-// much as the micro-kernel on a conv's (pixels x 576) im2col matrix).
+// float32 sums of products of the operands' dtype, over depth blocks of kBrDepth. Both operands are
+// packed once, by all threads, converting nothing: B into panels in VNNI order, two depths of a
+// column adjacent, panel[(p / 2) * 2 nb + 2 n + p % 2] = B[p, n], the depth padded to even with a
+// zero (vnni_pack_stub where B's rows are plain); A row-major (transpose16_stub where A^T is
+// plain, as dW's dY^T is), unless it is so already (packing a conv's (pixels x 576) im2col matrix
+// cost as much as the micro-kernel). Each task sums one block of C in float32 and rounds it once
+// into C (epilogue), or sums straight into a float32 C.
 // Where oneDNN has no micro-kernel for the dtype (MANUAL_OPS_BF16_GEMM=onednn on such a CPU, for
 // the tests), the same packed blocks go through a plain loop (tile_product).
 constexpr int64_t kBrRows = 128, kBrCols = 128, kBrDepth = 1024;  // kBrDepth even
@@ -289,98 +294,113 @@ void tile_product(bool hardware, int64_t m, int64_t n, int64_t kc, const T* a, i
     }
 }
 
-// out[2 n] = r0[n], out[2 n + 1] = r1[n] for n < count: two rows of 16-bit values into VNNI pairs,
-// 16 a step. Intrinsics: at::vec's interleave2 has no 16-bit AVX2 version (its generic one is a
-// scalar loop, which made packing the column matrix most of a bfloat16 conv's dW time).
+// 16-bit values as the packing kernels' bits (cpu/pack16_kernel.h).
 template <typename T>
-MANUAL_OPS_AVX2 void interleave_rows_avx2(const T* r0, const T* r1, int64_t count, T* out) {
+const c10::BFloat16* bits(const T* p) {
   static_assert(sizeof(T) == 2, "16-bit values");
-  int64_t n = 0;
-  for (; n + 16 <= count; n += 16) {
-    const __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r0 + n));
-    const __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(r1 + n));
-    const __m256i lo = _mm256_unpacklo_epi16(a, b), hi = _mm256_unpackhi_epi16(a, b);  // per 128-bit lane
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * n), _mm256_permute2x128_si256(lo, hi, 0x20));
-    _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + 2 * n + 16), _mm256_permute2x128_si256(lo, hi, 0x31));
-  }
-  for (; n < count; ++n) out[2 * n] = r0[n], out[2 * n + 1] = r1[n];
+  return reinterpret_cast<const c10::BFloat16*>(p);
+}
+template <typename T>
+c10::BFloat16* bits(T* p) {
+  static_assert(sizeof(T) == 2, "16-bit values");
+  return reinterpret_cast<c10::BFloat16*>(p);
 }
 
 template <typename TA, typename TC>
 void gemm_brgemm(const View<const TA>& A, const View<const TA>& B, const View<TC>& C, bool accumulate,
                  const float* bias, bool hardware) {
-  // Not transposed as in gemm(): B, packed whole, is the large operand of dW's GEMMs (the column
-  // matrix, whose rows pack two at a time), A the small one (dY^T, whose transposition took 40% of
-  // a conv backward's time when it was the other way round).
   const int64_t M = C.rows.size, N = C.cols.size, K = A.cols.size, Kp = round_up(K, 2);
   if (M == 0 || N == 0) return;
-  // Panel j0 (columns j0 .. j0 + nb) at b_pack + j0 * Kp; every value is written.
-  const Tensor b_packed = at::empty({Kp * N}, at::TensorOptions().dtype(c10::CppTypeToScalarType<TA>::value));
+  const int64_t threads = at::get_num_threads();
+  // Tasks of (block of rows, panel of columns): row blocks of at most kBrRows, balanced; panels of
+  // at most kBrCols columns, narrower where there are too few row blocks to give each thread two
+  // tasks (dW's GEMMs: Cout rows, K = taps * C columns), and a multiple of the threads in number
+  // where there is one row block.
+  const int64_t row_blocks = (M + kBrRows - 1) / kBrRows;
+  const int64_t mb_max = round_up((M + row_blocks - 1) / row_blocks, 16);
+  int64_t panels = (N + kBrCols - 1) / kBrCols;
+  if (row_blocks * panels < 2 * threads) panels = (2 * threads + row_blocks - 1) / row_blocks;
+  if (row_blocks == 1) panels = round_up(panels, threads);
+  const int64_t nb_max = std::min(round_up((N + panels - 1) / panels, 16), round_up(N, 16));
+  panels = (N + nb_max - 1) / nb_max;
+  const auto options = at::TensorOptions().dtype(c10::CppTypeToScalarType<TA>::value);
+
+  // B, once, by all threads: panel j0 (columns j0 .. j0 + nb) at b_pack + j0 * Kp, in VNNI pairs.
+  const Tensor b_packed = at::empty({Kp * N}, options);  // every value is written
   TA* const b_pack = b_packed.mutable_data_ptr<TA>();
-  const int64_t panels = (N + kBrCols - 1) / kBrCols;
+  const bool b_rows_adjacent = B.rows.is_plain() && B.cols.is_plain() && B.cols.stride == 1;
   at::parallel_for(0, panels * (Kp / 2), 64, [&](int64_t begin, int64_t end) {
-    std::vector<int64_t> col(kBrCols);
+    std::vector<int64_t> col(nb_max);
     int64_t filled = -1;
     for (int64_t task = begin; task < end; ++task) {
-      const int64_t j0 = task / (Kp / 2) * kBrCols, nb = std::min(kBrCols, N - j0), p = task % (Kp / 2) * 2;
+      const int64_t j0 = task / (Kp / 2) * nb_max, nb = std::min(nb_max, N - j0), p = task % (Kp / 2) * 2;
+      TA* out = b_pack + j0 * Kp + p * nb;
+      const TA* r0 = B.data + B.rows.offset(p);
+      if (b_rows_adjacent) {  // all the task's pairs of this panel at once
+        const int64_t pairs = std::min(end - task, Kp / 2 - p / 2);
+        vnni_pack_stub(bits(r0 + j0), B.rows.stride, std::min(2 * pairs, K - p), nb, bits(out));
+        task += pairs - 1;
+        continue;
+      }
       if (filled != j0) {
         for (int64_t n = 0; n < nb; ++n) col[n] = B.cols.offset(j0 + n);
         filled = j0;
       }
-      TA* out = b_pack + j0 * Kp + p * nb;
-      const TA* r0 = B.data + B.rows.offset(p);
       const TA* r1 = p + 1 < K ? B.data + B.rows.offset(p + 1) : nullptr;
-      if (B.cols.is_plain() && B.cols.stride == 1 && r1 != nullptr && use_avx2()) {
-        interleave_rows_avx2(r0 + j0, r1 + j0, nb, out);
-      } else {
-        for (int64_t n = 0; n < nb; ++n) out[2 * n] = r0[col[n]], out[2 * n + 1] = r1 ? r1[col[n]] : TA(0);
-      }
+      for (int64_t n = 0; n < nb; ++n) out[2 * n] = r0[col[n]], out[2 * n + 1] = r1 ? r1[col[n]] : TA(0);
     }
   });
-  const int64_t threads = at::get_num_threads();
-  const int64_t mb_max = std::clamp(round_up((M + 2 * threads - 1) / (2 * threads), 16), int64_t(16), kBrRows);
-  const int64_t kc_max = std::min(Kp, kBrDepth);
+
+  // A, once, row-major with an even depth, unless it is so already: row i at a_data + i * lda.
   const bool a_in_place = A.rows.is_plain() && A.cols.is_plain() && A.cols.stride == 1 && K == Kp;
+  const Tensor a_packed = a_in_place ? Tensor() : at::empty({M * Kp}, options);
+  const TA* const a_data = a_in_place ? A.data : a_packed.const_data_ptr<TA>();
+  const int64_t lda = a_in_place ? A.rows.stride : Kp;
+  if (!a_in_place) {
+    TA* const a_pack = a_packed.mutable_data_ptr<TA>();
+    at::parallel_for(0, row_blocks, 1, [&](int64_t begin, int64_t end) {
+      std::vector<int64_t> depth;
+      for (int64_t block = begin; block < end; ++block) {
+        const int64_t ic = block * mb_max, mb = std::min(mb_max, M - ic);
+        TA* out = a_pack + ic * Kp;
+        if (K < Kp)
+          for (int64_t i = 0; i < mb; ++i) out[i * Kp + K] = TA(0);
+        if (A.rows.is_plain() && A.rows.stride == 1 && A.cols.is_plain()) {  // A^T is plain (dW's dY^T)
+          transpose16_stub(bits(A.data + A.rows.offset(ic)), A.cols.stride, K, mb, bits(out), Kp);
+          continue;
+        }
+        if (depth.empty()) {
+          depth.resize(K);
+          for (int64_t q = 0; q < K; ++q) depth[q] = A.cols.offset(q);
+        }
+        for (int64_t i = 0; i < mb; ++i) {
+          const TA* src = A.data + A.rows.offset(ic + i);
+          for (int64_t q = 0; q < K; ++q) out[i * Kp + q] = src[depth[q]];
+        }
+      }
+    });
+  }
+
   // A float32 C of plain rows and adjacent columns, with no bias, is summed into in place (dX's
   // float32 column gradients, dW's float32 sum over tiles of samples): no block copy.
   const bool c_in_place =
       std::is_same_v<TC, float> && bias == nullptr && C.rows.is_plain() && C.cols.is_plain() && C.cols.stride == 1;
-  at::parallel_for(0, (M + mb_max - 1) / mb_max, 1, [&](int64_t begin, int64_t end) {
-    std::vector<TA> a_pack(a_in_place ? 0 : mb_max * kc_max);
-    std::vector<float> block_acc(c_in_place ? 0 : mb_max * N);
-    std::vector<int64_t> depth(kc_max), col_offset(N);
-    for (int64_t block = begin; block < end; ++block) {
-      const int64_t ic = block * mb_max, mb = std::min(mb_max, M - ic);
-      float* const acc = c_in_place ? reinterpret_cast<float*>(C.data + C.rows.offset(ic)) : block_acc.data();
-      const int64_t ld = c_in_place ? C.rows.stride : N;
+  at::parallel_for(0, row_blocks * panels, 1, [&](int64_t begin, int64_t end) {
+    std::vector<float> task_acc(c_in_place ? 0 : mb_max * nb_max);
+    std::vector<int64_t> col_offset(nb_max);
+    for (int64_t task = begin; task < end; ++task) {
+      const int64_t ic = task / panels * mb_max, mb = std::min(mb_max, M - ic);
+      const int64_t j0 = task % panels * nb_max, nb = std::min(nb_max, N - j0);
+      float* const acc =
+          c_in_place ? reinterpret_cast<float*>(C.data + C.rows.offset(ic) + C.cols.offset(j0)) : task_acc.data();
+      const int64_t ld = c_in_place ? C.rows.stride : nb;
       if (Kp == 0 && !(c_in_place && accumulate))
-        for (int64_t i = 0; i < mb; ++i) std::fill(acc + i * ld, acc + i * ld + N, 0.f);
+        for (int64_t i = 0; i < mb; ++i) std::fill(acc + i * ld, acc + i * ld + nb, 0.f);
       for (int64_t pc = 0; pc < Kp; pc += kBrDepth) {
-        const int64_t kc = std::min(kBrDepth, Kp - pc), valid = std::min(kc, K - pc);
-        const TA* a = a_in_place ? A.data + A.rows.offset(ic) + pc : a_pack.data();
-        const int64_t lda = a_in_place ? A.rows.stride : kc;
-        if (!a_in_place) {
-          for (int64_t q = 0; q < valid; ++q) depth[q] = A.cols.offset(pc + q);
-          for (int64_t i = 0; i < mb; ++i) std::fill(a_pack.data() + i * kc + valid, a_pack.data() + (i + 1) * kc, TA(0));
-          if (A.rows.is_plain() && A.rows.stride == 1) {  // A^T's rows are adjacent (dW's dY^T): 16 of them at once
-            const TA* src = A.data + ic;
-            for (int64_t q0 = 0; q0 < valid; q0 += 16)
-              for (int64_t i = 0; i < mb; ++i)
-                for (int64_t q = q0; q < std::min(q0 + 16, valid); ++q) a_pack[i * kc + q] = src[depth[q] + i];
-          } else {
-            for (int64_t i = 0; i < mb; ++i) {
-              const TA* src = A.data + A.rows.offset(ic + i);
-              for (int64_t q = 0; q < valid; ++q) a_pack[i * kc + q] = src[depth[q]];
-            }
-          }
-        }
-        for (int64_t j0 = 0; j0 < N; j0 += kBrCols) {
-          const int64_t nb = std::min(kBrCols, N - j0);
-          tile_product(hardware, mb, nb, kc, a, lda, b_pack + j0 * Kp + pc * nb, acc + j0, ld,
-                       pc > 0 || (c_in_place && accumulate));
-        }
+        tile_product(hardware, mb, nb, std::min(kBrDepth, Kp - pc), a_data + ic * lda + pc, lda,
+                     b_pack + j0 * Kp + pc * nb, acc, ld, pc > 0 || (c_in_place && accumulate));
       }
-      if (!c_in_place) epilogue(C, acc, N, ic, mb, 0, N, bias, false, accumulate, col_offset.data());
+      if (!c_in_place) epilogue(C, acc, nb, ic, mb, j0, nb, bias, false, accumulate, col_offset.data());
     }
 #if defined(CPUBLAS_BRGEMM_BF16BF16F32)
     if (hardware) at::native::cpublas::brgemm_release();
@@ -442,6 +462,10 @@ bool onednn_has_micro_kernel(at::ScalarType t) {
 
 bool own_gemm(at::ScalarType t) {
   return is_reduced_floating(t) && low_precision_gemm(t) != LowPrecisionGemm::mm;
+}
+
+bool prefers_plain(at::ScalarType t) {
+  return !own_gemm(t) || low_precision_gemm(t) == LowPrecisionGemm::onednn;
 }
 
 Matrix matrix(const Tensor& t) {

@@ -56,6 +56,10 @@ bool onednn_has_micro_kernel(at::ScalarType t);
 // Whether matmul() runs our GEMM for dtype t, which reads and writes any Matrix view (else at::mm).
 bool own_gemm(at::ScalarType t);
 
+// Whether matmul() is fastest for dtype t on plain matrices, so that a caller copies a small operand
+// (a conv's weight) into plain strides first: at::mm, and oneDNN's matmul for 16-bit products.
+bool prefers_plain(at::ScalarType t);
+
 // A 2-D tensor (any strides) as a Matrix.
 Matrix matrix(const Tensor& t);
 
