@@ -326,6 +326,31 @@ Tensor winograd_grad_weight_tiles(const Tensor& input, const Tensor& grad_output
   return dw;
 }
 
+// Y (`out`, allocated in any layout) by im2col's GEMMs over tiles of samples within `budget` bytes
+// of scratch, plus `b` (of the sum dtype, or undefined); see conv2d_forward.
+void im2col_forward(const Tensor& input, const Tensor& weight, const Tensor& b, const ConvGeometry& G, int64_t budget,
+                    const Tensor& out) {
+  const bool has_bias = b.defined();
+  const Matrix w_taps = weight_taps(weight, G, true);
+  const int64_t B = tile_samples(G, input, budget);
+  NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
+  const bool views = view_columns(G, input.scalar_type());
+  Tensor buffer = views ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
+  for (int64_t b0 = 0; b0 < G.N; b0 += B) {
+    const int64_t nb = std::min(B, G.N - b0);
+    const Tensor x_tile = x.read(b0, nb);
+    const Tensor y_tile = y.buffer(b0, nb);
+    const Tensor y_rows = rows_view(y_tile);
+    for (int64_t g = 0; g < G.groups; ++g) {
+      const Matrix cols = columns(x_tile, G, nb, g, buffer);
+      Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
+      const Matrix w_t = w_taps.narrow_rows(g * G.Coutg(), G.Coutg()).transposed();
+      matmul(cols, w_t, matrix(y_g), false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
+    }
+    y.write(b0, nb, y_tile);
+  }
+}
+
 // Forward: Y[r, co] = sum_k cols[r, k] * W[co, k] + b[co], one GEMM per tile and group:
 //   Y_g (rows x Cout_g) = cols_g (rows x K) @ W_g^T (K x Cout_g).
 Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::optional<Tensor>& bias,
@@ -351,24 +376,7 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
     winograd_tiles(input, out, weight, false, G.pt, G.pl, b, false);
     return out;
   }
-  const Matrix w_taps = weight_taps(weight, G, true);
-  const int64_t B = tile_samples(G, input, kForwardBudgetBytes);
-  NhwcTiles x{input, B, input.scalar_type()}, y{out, B, input.scalar_type()};
-  const bool views = view_columns(G, input.scalar_type());
-  Tensor buffer = views ? Tensor() : at::empty({B * G.L(), G.K()}, input.options());
-  for (int64_t b0 = 0; b0 < G.N; b0 += B) {
-    const int64_t nb = std::min(B, G.N - b0);
-    const Tensor x_tile = x.read(b0, nb);
-    const Tensor y_tile = y.buffer(b0, nb);
-    const Tensor y_rows = rows_view(y_tile);
-    for (int64_t g = 0; g < G.groups; ++g) {
-      const Matrix cols = columns(x_tile, G, nb, g, buffer);
-      Tensor y_g = y_rows.narrow(1, g * G.Coutg(), G.Coutg());
-      const Matrix w_t = w_taps.narrow_rows(g * G.Coutg(), G.Coutg()).transposed();
-      matmul(cols, w_t, matrix(y_g), false, has_bias ? b.narrow(0, g * G.Coutg(), G.Coutg()) : Tensor());
-    }
-    y.write(b0, nb, y_tile);
-  }
+  im2col_forward(input, weight, b, G, kForwardBudgetBytes, out);
   return out;
 }
 
@@ -473,12 +481,24 @@ bool grad_input_by_correlation(const ConvGeometry& G, at::ScalarType t) {
 
 // W'[g Cg + c, o, i, j] = W[g Coutg + o, c, kh - 1 - i, kw - 1 - j]: each group's kernels rotated by
 // 180 degrees, with input and output channels exchanged, as a (C, Cout / groups, kh, kw) weight.
+// A loop, not at::flip: flip's generic kernel took 9 ms of a ResNet-18 step on its 13 weights.
 Tensor rotated_kernels(const Tensor& weight, const ConvGeometry& G) {
-  return weight.view({G.groups, G.Coutg(), G.Cg(), G.kh, G.kw})
-      .transpose(1, 2)
-      .flip({3, 4})
-      .reshape({G.C, G.Coutg(), G.kh, G.kw})
-      .contiguous();
+  Tensor rotated = at::empty({G.C, G.Coutg(), G.kh, G.kw}, weight.options());
+  const int64_t taps = G.kh * G.kw;
+  MANUAL_OPS_DISPATCH_FLOATING(weight.scalar_type(), "rotated_kernels", [&] {
+    const auto w = weight.accessor<const scalar_t, 4>();
+    scalar_t* out = rotated.mutable_data_ptr<scalar_t>();
+    at::parallel_for(0, G.C, 16, [&](int64_t begin, int64_t end) {
+      for (int64_t c = begin; c < end; ++c) {
+        const int64_t g = c / G.Cg(), cg = c % G.Cg();
+        for (int64_t o = 0; o < G.Coutg(); ++o)
+          for (int64_t i = 0; i < G.kh; ++i)
+            for (int64_t j = 0; j < G.kw; ++j)
+              out[(c * G.Coutg() + o) * taps + i * G.kw + j] = w[g * G.Coutg() + o][cg][G.kh - 1 - i][G.kw - 1 - j];
+      }
+    });
+  });
+  return rotated;
 }
 
 // Backward, from the chain rule through Y = cols @ W^T + b:
@@ -508,9 +528,11 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   const bool winograd = input.numel() > 0 && use_winograd(G, input.scalar_type());
   if (output_mask[0] && input.numel() > 0 && !winograd && grad_input_by_correlation(G, input.scalar_type())) {
     const int64_t ph = (G.kh - 1) * G.dh, pw = (G.kw - 1) * G.dw;
-    grad_input = conv2d_forward(grad_output, rotated_kernels(weight, G), std::nullopt, {1, 1},
-                                {ph - G.pt, pw - G.pl, ph - G.pb, pw - G.pr}, {G.dh, G.dw}, G.groups)
-                     .contiguous(memory_format_of(input));
+    const Tensor rotated = rotated_kernels(weight, G);
+    const ConvGeometry correlation = conv_geometry(op, grad_output, rotated, {1, 1},
+                                                   {ph - G.pt, pw - G.pl, ph - G.pb, pw - G.pr}, {G.dh, G.dw}, G.groups);
+    grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
+    im2col_forward(grad_output, rotated, Tensor(), correlation, kBackwardBudgetBytes, grad_input);
   } else if (output_mask[0]) {
     grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
     if (winograd) {  // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
