@@ -9,6 +9,7 @@
 #include "common.h"
 #include "cpu_capability.h"
 #include "gemm.h"
+#include "cpu/im2col_kernel.h"
 #include "im2col.h"
 #include "vec_avx2.h"
 #include "winograd.h"
@@ -17,6 +18,10 @@
 #include <type_traits>
 
 namespace manual_ops {
+
+MANUAL_OPS_DEFINE_KERNEL(im2col_stub);
+MANUAL_OPS_DEFINE_KERNEL(col2im_stub);
+
 namespace {
 
 // A tile's scratch (its column matrix and the NHWC staging of its input, output gradient
@@ -238,9 +243,7 @@ bool view_columns(const ConvGeometry& G, at::ScalarType t) {
 // (view_columns), else im2col into `buffer`.
 Matrix columns(const Tensor& x_tile, const ConvGeometry& G, int64_t nb, int64_t g, Tensor& buffer) {
   if (view_columns(G, x_tile.scalar_type())) return pixel_rows(x_tile, G, nb, g);
-  MANUAL_OPS_DISPATCH_FLOATING(x_tile.scalar_type(), "im2col_nhwc", [&] {
-    im2col_nhwc<scalar_t>(x_tile.const_data_ptr<scalar_t>(), G, nb, g, buffer.mutable_data_ptr<scalar_t>());
-  });
+  im2col_stub(x_tile, G, nb, g, buffer);
   return matrix(buffer.narrow(0, 0, nb * G.L()));
 }
 
@@ -406,9 +409,7 @@ void im2col_grad_input(const Tensor& grad_output, const Tensor& weight, const Co
       } else {
         Tensor dcols = dcols_buffer.narrow(0, 0, nb * G.L());
         matmul(matrix(dy_g), w_g, matrix(dcols), false);
-        AT_DISPATCH_FLOATING_TYPES(dcols.scalar_type(), "col2im_nhwc", [&] {
-          col2im_nhwc<scalar_t>(dcols.const_data_ptr<scalar_t>(), G, nb, g, dx_tile.mutable_data_ptr<scalar_t>());
-        });
+        col2im_stub(dcols, G, nb, g, dx_tile);
       }
     }
     dx.write(b0, nb, dx_tile);

@@ -28,7 +28,9 @@ def test_table_starts_with_the_machine_it_was_measured_on():
     lines = []
     bench.run(["pool"], reps=1, warmup=0, log=lines.append)
     where = bench.machine()
-    assert lines[0].startswith(f"{where['cpu']} (") and f"our kernels: {where['capability']};" in lines[0]
+    assert lines[0].startswith(f"{where['cpu']} (") and f"our kernels: {where['capability']}," in lines[0]
+    assert f"bf16 GEMM: {where['bf16_gemm']};" in lines[0]
+    assert where["bf16_gemm"] == manual_ops.low_precision_gemm(torch.bfloat16)
     if os.path.exists("/proc/cpuinfo"):
         with open("/proc/cpuinfo") as f:
             flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
@@ -79,3 +81,15 @@ def test_train_cases_cover_both_memory_formats():
     cases = train_step.cases(batch=2)
     assert sorted(c.name for c in cases) == sorted(
         f"{m} step, batch 2, {f}" for m in train_step.MODELS for f in ("NCHW", "channels_last"))
+
+
+def test_conv_cases_report_gflops_of_forward_and_both_gradients():
+    from manual_ops.bench import conv
+
+    # 64->64 3x3 @32, batch 32: 32 * 64 * 64 * 9 * 32 * 32 multiply-adds in each of Y, dX and dW.
+    assert conv.flops(32, 64, 64, 32, 3, 1, 1) == 3 * 2 * 32 * 64 * 64 * 9 * 32 * 32
+    assert conv.flops(32, 64, 128, 32, 3, 2, 1) == 3 * 2 * 32 * 128 * 64 * 9 * 16 * 16
+    r = bench.Result("conv", "x", ours_ms=2.0, builtin_ms=4.0, ours_min_ms=2.0, builtin_min_ms=4.0, flops=8e9)
+    assert (r.ours_gflops, r.builtin_gflops) == (4000.0, 2000.0)
+    assert "GFLOP/s: ours 4000, built-in 2000" in bench.format_table([r])
+    assert bench.Result("pool", "y", 1.0, 1.0, 1.0, 1.0).ours_gflops is None

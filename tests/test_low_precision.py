@@ -76,6 +76,25 @@ def test_conv2d(dtype, stride, padding, dilation, groups, bias, k, cl):
     check_accuracy(conv(mF.conv2d), conv(F.conv2d), inputs, [dtype] * len(inputs))
 
 
+# Wide enough (16+ input channels per group) that, at stride 1 on oneDNN's path, dX is the full correlation
+# itself (conv2d.cpp: grad_input_by_correlation); padding above (k - 1) * dilation falls back to col2im.
+WIDE_GRID = [(1, 1, 1, 3, False), (0, 1, 1, 3, True), ((2, 0), 1, 1, 3, False), (2, 2, 1, 3, True),
+             (3, 1, 2, 3, False), ("same", 1, 1, 4, True), ("same", 2, 2, 4, False), (2, 1, 1, 3, False),
+             (1, 1, 1, 5, True), (0, 1, 1, 1, False)]
+
+
+@pytest.mark.parametrize("dtype", LOW)
+@pytest.mark.parametrize("padding,dilation,groups,k,cl", WIDE_GRID)
+@pytest.mark.filterwarnings("ignore:Using padding=.same. with even kernel")
+def test_conv2d_wide(dtype, padding, dilation, groups, k, cl):
+    x = _x(2, 32, 10, 9, channels_last=cl)
+    w = (torch.randn(24, 32 // groups, k, k, dtype=torch.float64) / 8).requires_grad_()
+
+    def conv(f):
+        return lambda *a: f(*a, padding=padding, dilation=dilation, groups=groups)
+    check_accuracy(conv(mF.conv2d), conv(F.conv2d), [x, w], [dtype, dtype])
+
+
 @pytest.mark.parametrize("dtype", LOW)
 @pytest.mark.parametrize("stride,groups,cl", [(2, 1, False), (2, 2, True), (3, 1, True)])
 def test_conv2d_strided_pointwise(dtype, stride, groups, cl):

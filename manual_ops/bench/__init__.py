@@ -34,6 +34,7 @@ class Case:
     builtin: Callable[[], object]
     memory: bool = False  # also report the peak memory of one run of each
     ours_fp32: Callable[[], object] | None = None  # low-precision cases: our own float32 run, timed alongside
+    flops: float | None = None  # floating-point operations of one run (multiply-adds count two), where known
 
 
 @dataclass
@@ -47,6 +48,16 @@ class Result:
     ours_peak_mb: float | None = None
     builtin_peak_mb: float | None = None
     ours_fp32_ms: float | None = None
+    flops: float | None = None
+
+    @property
+    def ours_gflops(self) -> float | None:
+        """GFLOP/s of our median run."""
+        return None if self.flops is None else self.flops / self.ours_ms / 1e6
+
+    @property
+    def builtin_gflops(self) -> float | None:
+        return None if self.flops is None else self.flops / self.builtin_ms / 1e6
 
     @property
     def ratio(self) -> float:
@@ -96,7 +107,7 @@ def measure(case: Case, reps: int = 15, warmup: int = 3) -> Result:
             times[name].append(_time_once(fns[name]))
     median = {name: 1e3 * statistics.median(t) for name, t in times.items()}
     result = Result(case.family, case.name, median["ours"], median["builtin"], 1e3 * min(times["ours"]),
-                    1e3 * min(times["builtin"]), ours_fp32_ms=median.get("ours_fp32"))
+                    1e3 * min(times["builtin"]), ours_fp32_ms=median.get("ours_fp32"), flops=case.flops)
     if case.memory:
         result.ours_peak_mb = peak_memory(case.ours) / 2**20
         result.builtin_peak_mb = peak_memory(case.builtin) / 2**20
@@ -132,6 +143,8 @@ def format_table(results: list[Result]) -> str:
         for r in rows:
             line = (f"{r.family + ': ' + r.name:<50} {r.ours_ms:>10.3f} {r.builtin_ms:>12.3f} {r.ratio:>7.2f}"
                     f" {r.ours_min_ms:>13.3f} {r.builtin_min_ms:>9.3f} {r.min_ratio:>7.2f}")
+            if r.flops is not None:
+                line += f"   GFLOP/s: ours {r.ours_gflops:.0f}, built-in {r.builtin_gflops:.0f}"
             if r.ours_fp32_ms is not None:
                 line += f"   ours float32 {r.ours_fp32_ms:.3f} ms, ours/ours float32 {r.ratio_fp32:.2f}"
             if r.ours_peak_mb is not None:
@@ -149,8 +162,9 @@ _ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_bf16"
 
 def machine() -> dict:
     """What the figures were measured on: the CPU's model name, its flags of ``_ISA_FLAGS``, our kernels'
-    capability (``manual_ops.cpu_capability()``), torch's version and thread count."""
-    from manual_ops import cpu_capability
+    capability (``manual_ops.cpu_capability()``), our bfloat16 GEMM path (``manual_ops.low_precision_gemm``),
+    torch's version and thread count."""
+    from manual_ops import cpu_capability, low_precision_gemm
 
     fields = {}  # the first CPU's "model name" and "flags" lines
     try:
@@ -163,7 +177,8 @@ def machine() -> dict:
     model = fields.get("model name") or platform.processor() or platform.machine()
     flags = set(fields.get("flags", "").split())
     return {"cpu": model, "cpu_flags": [f for f in _ISA_FLAGS if f in flags], "capability": cpu_capability(),
-            "torch": torch.__version__, "threads": torch.get_num_threads()}
+            "bf16_gemm": low_precision_gemm(torch.bfloat16), "torch": torch.__version__,
+            "threads": torch.get_num_threads()}
 
 
 def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, log=print) -> list[Result]:
@@ -178,8 +193,8 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
         raise ValueError(f"unknown benchmark family {unknown}; choose from {sorted(FAMILIES)}")
     where = machine()
     if not as_json:
-        log(f"{where['cpu']} ({' '.join(where['cpu_flags']) or 'no AVX2'}); our kernels: {where['capability']};"
-            f" torch {where['torch']}, {where['threads']} threads")
+        log(f"{where['cpu']} ({' '.join(where['cpu_flags']) or 'no AVX2'}); our kernels: {where['capability']},"
+            f" bf16 GEMM: {where['bf16_gemm']}; torch {where['torch']}, {where['threads']} threads")
     torch.set_flush_denormal(True)
     try:
         results = []
@@ -198,8 +213,8 @@ def run(families=None, reps: int = 15, warmup: int = 3, as_json: bool = False, l
     if as_json:
         log(json.dumps({
             **where, "statistic": "median and min",
-            "results": [dict(r.__dict__, ratio=r.ratio, min_ratio=r.min_ratio, ratio_fp32=r.ratio_fp32)
-                        for r in results],
+            "results": [dict(r.__dict__, ratio=r.ratio, min_ratio=r.min_ratio, ratio_fp32=r.ratio_fp32,
+                             ours_gflops=r.ours_gflops, builtin_gflops=r.builtin_gflops) for r in results],
             "geomean": {f: geomean(r.ratio for r in results if r.family == f) for f in families},
             "geomean_min": {f: geomean(r.min_ratio for r in results if r.family == f) for f in families},
         }, indent=2))

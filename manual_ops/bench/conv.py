@@ -21,6 +21,13 @@ SHAPES = [
 ]
 
 
+def flops(batch, cin, cout, hw, k, s, p):
+    """Of one forward+backward: the forward's 2 N Cout Cin k^2 OH OW, and as many again for each of dX
+    and dW (the same products, summed in other orders)."""
+    out = (hw + 2 * p - k) // s + 1
+    return 3 * 2 * batch * cout * cin * k * k * out * out
+
+
 def _case(name, cin, cout, hw, k, s, p, batch, memory_format, dtype):
     """Ours and the built-in, forward+backward, in `dtype`."""
     x = torch.randn(batch, cin, hw, hw).to(dtype=dtype, memory_format=memory_format).requires_grad_()
@@ -38,5 +45,5 @@ def cases(batch: int = 32, memory_format=torch.contiguous_format, dtype=torch.fl
         ours_fp32 = None
         if dtype != torch.float32:  # our own float32 run of the same shape, for the ratio of the two
             ours_fp32, _ = _case(name, cin, cout, hw, k, s, p, batch, memory_format, torch.float32)
-        out.append(Case("conv", name, ours, builtin, ours_fp32=ours_fp32))
+        out.append(Case("conv", name, ours, builtin, ours_fp32=ours_fp32, flops=flops(batch, cin, cout, hw, k, s, p)))
     return out
