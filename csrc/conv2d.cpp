@@ -10,8 +10,8 @@
 #include "cpu_capability.h"
 #include "gemm.h"
 #include "cpu/im2col_kernel.h"
+#include "cpu/transpose_kernel.h"
 #include "im2col.h"
-#include "vec_avx2.h"
 #include "winograd.h"
 
 #include <tuple>
@@ -21,6 +21,7 @@ namespace manual_ops {
 
 MANUAL_OPS_DEFINE_KERNEL(im2col_stub);
 MANUAL_OPS_DEFINE_KERNEL(col2im_stub);
+MANUAL_OPS_DEFINE_KERNEL(transpose_planes_stub);
 
 namespace {
 
@@ -94,79 +95,6 @@ Tensor rows_view(const Tensor& nhwc) {
   return nhwc_view(nhwc).view({-1, nhwc.size(1)});
 }
 
-// The AVX2 path of transpose_planes (see cpu_capability.h): whole 8 x 8 blocks as 8 vectors of 32-bit
-// lanes, transposed in registers (transpose8 in vec_avx2.h). Values of one type move as bits (a
-// 16-bit value zero-extended, then packed back: an exact copy, NaN payloads included); float32 into
-// bfloat16/float16 is rounded (store8).
-MANUAL_OPS_AVX2 inline __m256 row_bits(const float* p) { return _mm256_loadu_ps(p); }
-template <typename T>
-MANUAL_OPS_AVX2 inline __m256 row_bits(const T* p) {  // bfloat16, float16
-  return _mm256_castsi256_ps(_mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))));
-}
-template <typename src_t, typename dst_t>
-MANUAL_OPS_AVX2 inline void store_row(dst_t* p, __m256 v) {
-  if constexpr (std::is_same_v<src_t, dst_t> && !std::is_same_v<dst_t, float>) {
-    const __m256i bits = _mm256_castps_si256(v);
-    _mm_storeu_si128(reinterpret_cast<__m128i*>(p), _mm256_castsi256_si128(pack16(bits, bits)));
-  } else {
-    store8(p, v);
-  }
-}
-
-// Rows [r0, r1) of one (rows x cols) matrix src, transposed into dst (cols x rows).
-template <typename src_t, typename dst_t>
-MANUAL_OPS_AVX2 void transpose_rows_avx2(const src_t* src, dst_t* dst, int64_t rows, int64_t cols, int64_t r0,
-                                         int64_t r1) {
-  int64_t r = r0;
-  for (; r + 8 <= r1; r += 8) {
-    int64_t c = 0;
-    for (; c + 8 <= cols; c += 8) {
-      __m256 v[8];
-      for (int64_t i = 0; i < 8; ++i) v[i] = row_bits(src + (r + i) * cols + c);
-      transpose8(v);
-      for (int64_t i = 0; i < 8; ++i) store_row<src_t>(dst + (c + i) * rows + r, v[i]);
-    }
-    for (; c < cols; ++c)
-      for (int64_t i = 0; i < 8; ++i) dst[c * rows + r + i] = static_cast<dst_t>(src[(r + i) * cols + c]);
-  }
-  for (; r < r1; ++r)
-    for (int64_t c = 0; c < cols; ++c) dst[c * rows + r] = static_cast<dst_t>(src[r * cols + c]);
-}
-
-// dst[b, c, r] = src[b, r, c] for nb row-major (rows x cols) matrices: NCHW <-> NHWC of one
-// tile of samples (rows x cols = C x H*W one way, H*W x C the other), converting src_t to dst_t.
-// Each kBlock-square block is read row by row into a local block and written out row by row, so
-// every cache line of either side is used whole at once (a column-wise walk of rows H*W*4 bytes
-// apart would map them all to one cache set and miss on every element). With AVX2 (float32,
-// bfloat16 and float16), the same walk in 8 x 8 blocks transposed in registers.
-template <typename src_t, typename dst_t>
-void transpose_planes(const src_t* src, dst_t* dst, int64_t nb, int64_t rows, int64_t cols) {
-  constexpr int64_t kBlock = 16;
-  constexpr bool vectorised = has_avx2_path<src_t> && has_avx2_path<dst_t>;
-  const int64_t row_blocks = (rows + kBlock - 1) / kBlock;
-  at::parallel_for(0, nb * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    dst_t block[kBlock][kBlock];
-    for (int64_t t = begin; t < end; ++t) {
-      const int64_t b = t / row_blocks, r0 = (t % row_blocks) * kBlock, nr = std::min(kBlock, rows - r0);
-      if constexpr (vectorised) {
-        if (use_avx2()) {
-          transpose_rows_avx2(src + b * rows * cols, dst + b * rows * cols, rows, cols, r0, r0 + nr);
-          continue;
-        }
-      }
-      const src_t* s = src + b * rows * cols + r0 * cols;
-      dst_t* d = dst + b * rows * cols + r0;
-      for (int64_t c0 = 0; c0 < cols; c0 += kBlock) {
-        const int64_t nc = std::min(kBlock, cols - c0);
-        for (int64_t r = 0; r < nr; ++r)
-          for (int64_t c = 0; c < nc; ++c) block[c][r] = static_cast<dst_t>(s[r * cols + c0 + c]);
-        for (int64_t c = 0; c < nc; ++c)
-          for (int64_t r = 0; r < nr; ++r) d[(c0 + c) * rows + r] = block[c][r];
-      }
-    }
-  });
-}
-
 // dst.copy_(src) for 4-D tensors of one dtype, or src of dst's sum_type (a float32 tile into a
 // bfloat16/float16 tensor), by transpose_planes when one is NCHW- and the other NHWC-contiguous
 // (ATen's strided copy reads one side at a stride of H*W or C).
@@ -179,14 +107,7 @@ void copy_layout(Tensor& dst, const Tensor& src) {
     return;
   }
   const int64_t C = src.size(1), P = src.size(2) * src.size(3), rows = to_nhwc ? C : P, cols = to_nhwc ? P : C;
-  MANUAL_OPS_DISPATCH_FLOATING(dst.scalar_type(), "transpose_planes", [&] {
-    scalar_t* out = dst.mutable_data_ptr<scalar_t>();
-    if (same_type) {
-      transpose_planes(src.const_data_ptr<scalar_t>(), out, src.size(0), rows, cols);
-    } else {
-      transpose_planes(src.const_data_ptr<at::opmath_type<scalar_t>>(), out, src.size(0), rows, cols);
-    }
-  });
+  transpose_planes_stub(src, dst, src.size(0), rows, cols);
 }
 
 // Tensors of any layout seen one tile of samples at a time in NHWC and in `dtype`: the tile

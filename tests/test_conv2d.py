@@ -112,6 +112,20 @@ def test_parity_channels_and_pixels_past_a_vector(k, stride, channels_last):
     assert_parity(x, torch.randn(20, 12, k, k) / k, torch.randn(20), dict(stride=stride, padding=k // 2))
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("c,hw", [(12, 9), (40, 9), (64, 6)])
+def test_parity_identity_conv_is_exact_through_the_layout_copies(dtype, c, hw):
+    """A 1x1 conv with the identity weight returns its NCHW input, and its grad_input the output gradient,
+    bit for bit: each value passes the NCHW -> NHWC -> NCHW copies of the tiles (blocks of 8, 16 and 32 and
+    their edges, at every capability) and one exact GEMM product."""
+    x = torch.randn(2, c, hw, hw + 1).to(dtype).requires_grad_()
+    w = torch.eye(c, dtype=dtype).view(c, c, 1, 1)
+    out = mF.conv2d(x, w)
+    grad = torch.randn_like(out)
+    out.backward(grad)
+    assert torch.equal(out, x) and torch.equal(x.grad, grad)
+
+
 @pytest.mark.parametrize("stride", [2, 3, (2, 3)])
 @pytest.mark.parametrize("groups", [1, 2])
 @pytest.mark.parametrize("channels_last", [False, True])
