@@ -11,7 +11,7 @@
 #include "autograd_kernel.h"
 #include "common.h"
 #include "cpu_capability.h"
-#include "vec_exp.h"
+#include "cpu/cross_entropy_kernel.h"
 
 #include <algorithm>
 #include <cmath>
@@ -21,6 +21,11 @@
 #include <type_traits>
 
 namespace manual_ops {
+
+MANUAL_OPS_DEFINE_KERNEL(row_max_stub);
+MANUAL_OPS_DEFINE_KERNEL(row_sum_exp_stub);
+MANUAL_OPS_DEFINE_KERNEL(row_weighted_gap_stub);
+MANUAL_OPS_DEFINE_KERNEL(row_scaled_softmax_stub);
 namespace {
 
 enum class Reduction { None, Mean, Sum };
@@ -96,94 +101,31 @@ Inputs contiguous_inputs(const Tensor& input, const Tensor& target, const std::o
 
 // ---- Row primitives, on a contiguous row x[0..C) in the compute type T (float or double; bfloat16
 // and float16 rows are converted to float first). Sums accumulate in T: float rows in float32 vector
-// lanes, as torch's log_softmax does.
-
-// The AVX2 versions, for float rows (see vec_exp.h); each matches the portable one below.
-MANUAL_OPS_AVX2 float row_max_avx2(const float* x, int64_t C) {
-  __m256 m = _mm256_set1_ps(-std::numeric_limits<float>::infinity());
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + c));
-  if (c < C) {
-    const __m256 tail = _mm256_maskload_ps(x + c, first_lanes(C - c));
-    m = _mm256_max_ps(m, _mm256_blendv_ps(m, tail, _mm256_castsi256_ps(first_lanes(C - c))));
-  }
-  return horizontal_max(m);
-}
-
-MANUAL_OPS_AVX2 float row_sum_exp_avx2(const float* x, int64_t C, float m) {
-  const __m256 mv = _mm256_set1_ps(m);
-  __m256 sum = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) sum = _mm256_add_ps(sum, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + c), mv)));
-  if (c < C) {
-    const __m256i mask = first_lanes(C - c);
-    const __m256 e = exp256(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), mv));
-    sum = _mm256_add_ps(sum, _mm256_and_ps(e, _mm256_castsi256_ps(mask)));
-  }
-  return horizontal_sum(sum);
-}
-
-// w_c (m - x_c), or 0 where w_c = 0 (so that 0 * inf is 0).
-MANUAL_OPS_AVX2 inline __m256 weighted_gap_terms(__m256 xv, __m256 wv, __m256 mv) {
-  const __m256 zero = _mm256_setzero_ps();
-  return _mm256_and_ps(_mm256_mul_ps(wv, _mm256_sub_ps(mv, xv)), _mm256_cmp_ps(wv, zero, _CMP_NEQ_UQ));
-}
-
-MANUAL_OPS_AVX2 float row_weighted_gap_avx2(const float* x, const float* w, int64_t C, float m) {
-  const __m256 mv = _mm256_set1_ps(m);
-  __m256 sum = _mm256_setzero_ps();
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) {
-    const __m256 xv = _mm256_loadu_ps(x + c);
-    sum = _mm256_add_ps(sum, w ? weighted_gap_terms(xv, _mm256_loadu_ps(w + c), mv) : _mm256_sub_ps(mv, xv));
-  }
-  if (c < C) {  // lanes past C load w = 0, or are masked
-    const __m256i mask = first_lanes(C - c);
-    const __m256 xv = _mm256_maskload_ps(x + c, mask);
-    sum = _mm256_add_ps(sum, w ? weighted_gap_terms(xv, _mm256_maskload_ps(w + c, mask), mv)
-                               : _mm256_and_ps(_mm256_sub_ps(mv, xv), _mm256_castsi256_ps(mask)));
-  }
-  return horizontal_sum(sum);
-}
-
-MANUAL_OPS_AVX2 void row_scaled_softmax_avx2(const float* x, int64_t C, float l, float a,
-                                                                  const float* w, float b, float* out) {
-  const __m256 lv = _mm256_set1_ps(l), av = _mm256_set1_ps(a), bv = _mm256_set1_ps(b);
-  const __m256 ones = _mm256_set1_ps(1.0f);
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) {
-    const __m256 wv = w ? _mm256_loadu_ps(w + c) : ones;
-    _mm256_storeu_ps(out + c, _mm256_fmadd_ps(av, exp256(_mm256_sub_ps(_mm256_loadu_ps(x + c), lv)),
-                                              _mm256_mul_ps(bv, wv)));
-  }
-  if (c < C) {
-    const __m256i mask = first_lanes(C - c);
-    const __m256 wv = w ? _mm256_maskload_ps(w + c, mask) : ones;
-    _mm256_maskstore_ps(out + c, mask, _mm256_fmadd_ps(av, exp256(_mm256_sub_ps(_mm256_maskload_ps(x + c, mask), lv)),
-                                                       _mm256_mul_ps(bv, wv)));
-  }
-}
+// lanes, as torch's log_softmax does, by the kernels of cpu/cross_entropy_kernel.cpp; double rows by
+// the loops below.
 
 // max_c x_c
 template <typename T>
 T row_max(const T* x, int64_t C) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return row_max_avx2(x, C);
+    return row_max_stub(x, C);
+  } else {
+    T m = -std::numeric_limits<T>::infinity();
+    for (int64_t c = 0; c < C; ++c) m = std::max(m, x[c]);
+    return m;
   }
-  T m = -std::numeric_limits<T>::infinity();
-  for (int64_t c = 0; c < C; ++c) m = std::max(m, x[c]);
-  return m;
 }
 
 // sum_c exp(x_c - m)
 template <typename T>
 T row_sum_exp(const T* x, int64_t C, T m) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return row_sum_exp_avx2(x, C, m);
+    return row_sum_exp_stub(x, C, m);
+  } else {
+    T sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += std::exp(x[c] - m);
+    return sum;
   }
-  T sum = 0;
-  for (int64_t c = 0; c < C; ++c) sum += std::exp(x[c] - m);
-  return sum;
 }
 
 // sum_c w_c (m - x_c) (w = 1 when null), terms of weight 0 left out: for m = max_c x_c every term
@@ -191,20 +133,22 @@ T row_sum_exp(const T* x, int64_t C, T m) {
 template <typename T>
 T row_weighted_gap(const T* x, const T* w, int64_t C, T m) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return row_weighted_gap_avx2(x, w, C, m);
+    return row_weighted_gap_stub(x, w, C, m);
+  } else {
+    T sum = 0;
+    for (int64_t c = 0; c < C; ++c) sum += w ? (w[c] == 0 ? T(0) : w[c] * (m - x[c])) : m - x[c];
+    return sum;
   }
-  T sum = 0;
-  for (int64_t c = 0; c < C; ++c) sum += w ? (w[c] == 0 ? T(0) : w[c] * (m - x[c])) : m - x[c];
-  return sum;
 }
 
 // out_c = a exp(x_c - l) + b w_c (w = 1 when null); out may be x.
 template <typename T>
 void row_scaled_softmax(const T* x, int64_t C, T l, T a, const T* w, T b, T* out) {
   if constexpr (std::is_same_v<T, float>) {
-    if (use_avx2()) return row_scaled_softmax_avx2(x, C, l, a, w, b, out);
+    return row_scaled_softmax_stub(x, C, l, a, w, b, out);
+  } else {
+    for (int64_t c = 0; c < C; ++c) out[c] = a * std::exp(x[c] - l) + b * (w ? w[c] : T(1));
   }
-  for (int64_t c = 0; c < C; ++c) out[c] = a * std::exp(x[c] - l) + b * (w ? w[c] : T(1));
 }
 
 // ---- Rows of the (N, C, S) input: row r = (n, s) is read in place when it is a contiguous row of

@@ -18,7 +18,8 @@ def cpu_capability() -> str:
     a level the CPU lacks, or an unknown value, is ignored with a warning.
 
     Kernels ported to ``at::vec`` (csrc/cpu/) run at all three levels; the others still have one AVX2 copy,
-    which runs at ``"avx2"`` and ``"avx512"``."""
+    which runs at ``"avx2"`` and ``"avx512"``. How bfloat16/float16 GEMMs run (on oneDNN's AMX / AVX512-BF16
+    micro-kernel or on ours) is :func:`low_precision_gemm`'s to say."""
     return _C.cpu_capability()
 
 

@@ -13,8 +13,9 @@ import manual_ops
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # The tests of the kernels with vectorised copies, re-run at each lower level (cross_entropy's own file
-# reruns its kernel tests with the portable code: test_cross_entropy_kernels.py).
+# also compares the portable kernels with this process's: test_cross_entropy_kernels.py).
 PORTABLE_RUNS = {
+    "cross_entropy": ["tests/test_cross_entropy_kernels.py", "-k", "exp or wide_rows"],
     "conv2d": ["tests/test_conv2d.py", "-k", "parity or layouts or gradcheck or large_batch or full_correlation or property or requested"],
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],

@@ -1,6 +1,6 @@
-"""cross_entropy's row kernels (csrc/cross_entropy.cpp): the vectorised exp of csrc/vec_exp.h against
-torch.exp, rows long enough for full AVX2 vectors and their tails, extreme logits, and the portable
-kernels (MANUAL_OPS_CPU_CAPABILITY=default, in a subprocess) against the AVX2 ones and the built-in."""
+"""cross_entropy's row kernels (csrc/cpu/cross_entropy_kernel.cpp): their vectorised exp (at::vec's) against
+torch.exp, rows long enough for full vectors and their tails, extreme logits, and the portable kernels
+(MANUAL_OPS_CPU_CAPABILITY=default, in a subprocess) against the vectorised ones and the built-in."""
 import os
 import subprocess
 import sys
