@@ -1,4 +1,4 @@
-"""cross_entropy's row kernels (csrc/cpu/cross_entropy_kernel.cpp): their vectorised exp (at::vec's) against
+"""cross_entropy's row kernels (csrc/cpu/cross_entropy_kernel.cpp): their vectorised exp (exp_lanes) against
 torch.exp, rows long enough for full vectors and their tails, extreme logits, and the portable kernels
 (MANUAL_OPS_CPU_CAPABILITY=default, in a subprocess) against the vectorised ones and the built-in."""
 import os
