@@ -4,8 +4,9 @@
 // bfloat16 and float16 operands go to our own GEMMs (gemm.cpp), which pack the operands themselves
 // (no float32 copy of them is made) and round the float32 result once into an output of the
 // operands' dtype or float32. Where oneDNN has a micro-kernel for the dtype (AMX, AVX512-BF16,
-// AVX512-FP16), the packed blocks are multiplied by it (at::native::cpublas::brgemm: products of
-// the operands' dtype, float32 sums; 4x our float32 GEMM's speed on a Sapphire Rapids Xeon);
+// AVX512-FP16), plain 2-D products into the operands' dtype go to at::mm_out (oneDNN's matmul) and
+// the others' packed blocks are multiplied by the micro-kernel (at::native::cpublas::brgemm:
+// products of the operands' dtype, float32 sums; 4x our float32 GEMM's speed on a Sapphire Rapids);
 // elsewhere they are converted to float32 as they are packed and multiplied with an AVX2/FMA
 // micro-kernel. ATen's at::mm has no fast bfloat16/float16 path on CPUs without native support for
 // them (1024^2: 2.25 s against 12-25 ms in float32 on an AVX2 EPYC), and on those with it rounds a
