@@ -432,6 +432,17 @@ Tensor as_tensor(const Matrix& m) {
   return m.t.as_strided(sizes, strides, m.t.storage_offset() + m.offset);
 }
 
+// Whether oneDNN has a micro-kernel for dtype t on this CPU.
+bool onednn_has_micro_kernel(at::ScalarType t) {
+#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
+  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
+  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
+  return t == at::kBFloat16 ? bf16 : t == at::kHalf && fp16;
+#else
+  return false;
+#endif
+}
+
 }  // namespace
 
 // MANUAL_OPS_BF16_GEMM: "onednn" or "own", else (unset, or any other value, with a warning) oneDNN's micro-kernel wherever it has one
@@ -448,16 +459,6 @@ LowPrecisionGemm low_precision_gemm(at::ScalarType t) {
   TORCH_CHECK(is_reduced_floating(t), "manual_ops low_precision_gemm: expected bfloat16 or float16, but got ", t);
   if (forced_onednn || (!forced_own && onednn_has_micro_kernel(t))) return LowPrecisionGemm::onednn;
   return use_avx2() ? LowPrecisionGemm::own : LowPrecisionGemm::mm;
-}
-
-bool onednn_has_micro_kernel(at::ScalarType t) {
-#if defined(CPUBLAS_BRGEMM_BF16BF16F32)
-  static const bool bf16 = at::native::cpublas::could_pack(at::kBFloat16);
-  static const bool fp16 = at::native::cpublas::could_pack(at::kHalf);
-  return t == at::kBFloat16 ? bf16 : t == at::kHalf && fp16;
-#else
-  return false;
-#endif
 }
 
 bool own_gemm(at::ScalarType t) {

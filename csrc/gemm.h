@@ -51,9 +51,6 @@ struct Matrix {
 enum class LowPrecisionGemm { onednn, own, mm };
 LowPrecisionGemm low_precision_gemm(at::ScalarType t);
 
-// Whether oneDNN has a micro-kernel for dtype t on this CPU.
-bool onednn_has_micro_kernel(at::ScalarType t);
-
 // Whether matmul() runs our GEMM for dtype t, which reads and writes any Matrix view (else at::mm).
 bool own_gemm(at::ScalarType t);
 

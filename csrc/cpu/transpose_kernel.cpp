@@ -21,7 +21,10 @@ namespace manual_ops {
 namespace CPU_CAPABILITY {
 namespace {
 
-constexpr int64_t kBlock = 32;  // each side's cache lines are used whole within a block
+// The planes are walked in kBlock-square blocks, read row by row and written row by row, so that every
+// cache line of either side is used whole at once (a column-wise walk of rows H*W*4 bytes apart would
+// map them all to one cache set and miss on every element).
+constexpr int64_t kBlock = 32;
 
 // d[j * ld_d + i] = s[i * ld_s + j] for i < m, j < n (m, n <= kBlock).
 void transpose_block(const float* s, int64_t ld_s, float* d, int64_t ld_d, int64_t m, int64_t n) {
