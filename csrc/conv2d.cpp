@@ -423,6 +423,17 @@ Tensor rotated_kernels(const Tensor& weight, const ConvGeometry& G) {
   return rotated;
 }
 
+// dX as the full correlation (grad_input_by_correlation): im2col_forward over dY, padded by
+// (k - 1) d - p, with the rotated kernels, into grad_input (allocated, of the input's size and layout).
+void correlation_grad_input(const Tensor& grad_output, const Tensor& weight, const ConvGeometry& G,
+                            const Tensor& grad_input) {
+  const int64_t ph = (G.kh - 1) * G.dh, pw = (G.kw - 1) * G.dw;
+  const Tensor rotated = rotated_kernels(weight, G);
+  const ConvGeometry correlation = conv_geometry("conv2d_backward", grad_output, rotated, {1, 1},
+                                                 {ph - G.pt, pw - G.pl, ph - G.pb, pw - G.pr}, {G.dh, G.dw}, G.groups);
+  im2col_forward(grad_output, rotated, Tensor(), correlation, kBackwardBudgetBytes, grad_input);
+}
+
 // Backward, from the chain rule through Y = cols @ W^T + b:
 //   dW_g   = dY_g^T @ cols_g                       (correlation of the padded input with dY)
 //   dcols  = dY_g @ W_g,  dX = col2im(dcols)       (= full correlation of zero-inserted, padded dY
@@ -448,17 +459,12 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   Tensor grad_input, grad_weight, grad_bias;
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   const bool winograd = input.numel() > 0 && use_winograd(G, input.scalar_type());
-  if (output_mask[0] && input.numel() > 0 && !winograd && grad_input_by_correlation(G, input.scalar_type())) {
-    const int64_t ph = (G.kh - 1) * G.dh, pw = (G.kw - 1) * G.dw;
-    const Tensor rotated = rotated_kernels(weight, G);
-    const ConvGeometry correlation = conv_geometry(op, grad_output, rotated, {1, 1},
-                                                   {ph - G.pt, pw - G.pl, ph - G.pb, pw - G.pr}, {G.dh, G.dw}, G.groups);
-    grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
-    im2col_forward(grad_output, rotated, Tensor(), correlation, kBackwardBudgetBytes, grad_input);
-  } else if (output_mask[0]) {
+  if (output_mask[0]) {
     grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
     if (winograd) {  // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
       winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);
+    } else if (input.numel() > 0 && grad_input_by_correlation(G, input.scalar_type())) {
+      correlation_grad_input(grad_output, weight, G, grad_input);
     } else if (input.numel() > 0) {
       im2col_grad_input(grad_output, weight, G, grad_input);
     }
