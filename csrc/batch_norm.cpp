@@ -14,8 +14,8 @@
 // running stats, they are saved in float32 for bfloat16/float16 (stats_type below).
 #include "autograd_kernel.h"
 #include "common.h"
+#include "cpu/batch_norm_kernel.h"
 #include "cpu_capability.h"
-#include "vec_avx2.h"
 
 #include <ATen/AccumulateType.h>
 
@@ -26,9 +26,22 @@
 #include <vector>
 
 namespace manual_ops {
+
+template <typename T>
+KernelStub<rows_sums_fn<T>> BatchNormStubs<T>::rows_sums{};
+template <typename T>
+KernelStub<nlc_rows_sums_fn<T>> BatchNormStubs<T>::nlc_rows_sums{};
+template <typename T>
+KernelStub<affine_rows_fn<T>> BatchNormStubs<T>::affine_rows{};
+template <typename T>
+KernelStub<affine_nlc_rows_fn<T>> BatchNormStubs<T>::affine_nlc_rows{};
+template struct BatchNormStubs<float>;
+template struct BatchNormStubs<double>;
+template struct BatchNormStubs<c10::BFloat16>;
+template struct BatchNormStubs<c10::Half>;
+
 namespace {
 
-constexpr int kLanes = 8;     // independent partial sums, so that row reductions vectorise
 constexpr int64_t kChunk = 256;  // values per lane-chunk summed in opmath_t before flushing to acc_t
 
 struct Geometry {
@@ -148,103 +161,6 @@ struct SumTerms {
   std::vector<opmath_t> ku, m;
 };
 
-// The AVX2 versions of the loops below (see cpu_capability.h), for float32, bfloat16 and float16.
-// Two accumulators per sum (16 values a step) hide the add latency; they meet in the 8 lanes.
-// u == v (the forward's moments, where also ku == m): v - m is d, and v is not read again.
-template <typename T>
-MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void run_sums_avx2(const T* u, const T* v, int64_t n, float ku,
-                                                                         float m, float* l1, float* l2) {
-  __m256 a1 = _mm256_loadu_ps(l1), a2 = _mm256_loadu_ps(l2), b1 = _mm256_setzero_ps(), b2 = _mm256_setzero_ps();
-  const __m256 kv = _mm256_set1_ps(ku), mv = _mm256_set1_ps(m);
-  const bool same = u == v;
-  int64_t i = 0;
-  for (; i + 2 * kLanes <= n; i += 2 * kLanes) {
-    const __m256 d = _mm256_sub_ps(load8(u + i), kv), e = _mm256_sub_ps(load8(u + i + kLanes), kv);
-    a1 = _mm256_add_ps(a1, d), b1 = _mm256_add_ps(b1, e);
-    a2 = _mm256_fmadd_ps(d, same ? d : _mm256_sub_ps(load8(v + i), mv), a2);
-    b2 = _mm256_fmadd_ps(e, same ? e : _mm256_sub_ps(load8(v + i + kLanes), mv), b2);
-  }
-  for (; i + kLanes <= n; i += kLanes) {
-    const __m256 d = _mm256_sub_ps(load8(u + i), kv);
-    a1 = _mm256_add_ps(a1, d);
-    a2 = _mm256_fmadd_ps(d, same ? d : _mm256_sub_ps(load8(v + i), mv), a2);
-  }
-  _mm256_storeu_ps(l1, _mm256_add_ps(a1, b1)), _mm256_storeu_ps(l2, _mm256_add_ps(a2, b2));
-  for (int j = 0; i < n; ++i, ++j) {
-    const float d = float(u[i]) - ku;
-    l1[j] += d, l2[j] += d * (float(v[i]) - m);
-  }
-}
-
-template <typename T>
-MANUAL_OPS_AVX2 void rows_sums_avx2(const T* u, const T* v, int64_t rows, int64_t L, int64_t c, int64_t C,
-                                    const float* ku, const float* m, float* l1, float* l2) {
-  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1)
-    run_sums_avx2(u + r * L, v + r * L, L, ku[c], m[c], l1 + c * kLanes, l2 + c * kLanes);
-}
-
-template <typename T>
-MANUAL_OPS_AVX2 void nlc_rows_sums_avx2(const T* u, const T* v, int64_t rows, int64_t C, const float* ku,
-                                        const float* m, float* a1, float* a2) {
-  for (int64_t r = 0; r < rows; ++r, u += C, v += C) {
-    int64_t c = 0;
-    for (; c + 8 <= C; c += 8) {
-      const __m256 d = _mm256_sub_ps(load8(u + c), _mm256_loadu_ps(ku + c));
-      _mm256_storeu_ps(a1 + c, _mm256_add_ps(_mm256_loadu_ps(a1 + c), d));
-      _mm256_storeu_ps(a2 + c, _mm256_fmadd_ps(d, _mm256_sub_ps(load8(v + c), _mm256_loadu_ps(m + c)),
-                                               _mm256_loadu_ps(a2 + c)));
-    }
-    for (; c < C; ++c) {
-      const float d = float(u[c]) - ku[c];
-      a1[c] += d, a2[c] += d * (float(v[c]) - m[c]);
-    }
-  }
-}
-
-// Consecutive NCL rows of L values, row r of channel c (c0 for the first row, then cycling
-// through C), each into the kLanes lanes of its channel, l1[c * kLanes + j] and l2[...]: value i
-// of a row goes to lane j = i mod kLanes,
-//   l1[.. j] += u[i] - ku[c],  l2[.. j] += (u[i] - ku[c]) * (v[i] - m[c]).
-template <typename scalar_t, typename opmath_t>
-void rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
-               const opmath_t* ku, const opmath_t* m, opmath_t* l1, opmath_t* l2) {
-  if constexpr (has_avx2_path<scalar_t>) {
-    if (use_avx2()) return rows_sums_avx2(u, v, rows, L, c, C, ku, m, l1, l2);
-  }
-  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
-    const scalar_t *ur = u + r * L, *vr = v + r * L;
-    opmath_t a1[kLanes], a2[kLanes];  // local copies: stores to them cannot alias the input
-    std::copy_n(l1 + c * kLanes, kLanes, a1), std::copy_n(l2 + c * kLanes, kLanes, a2);
-    int64_t i = 0;
-    for (; i + kLanes <= L; i += kLanes) {
-      for (int j = 0; j < kLanes; ++j) {
-        const opmath_t d = opmath_t(ur[i + j]) - ku[c];
-        a1[j] += d, a2[j] += d * (opmath_t(vr[i + j]) - m[c]);
-      }
-    }
-    for (int j = 0; i < L; ++i, ++j) {
-      const opmath_t d = opmath_t(ur[i]) - ku[c];
-      a1[j] += d, a2[j] += d * (opmath_t(vr[i]) - m[c]);
-    }
-    std::copy_n(a1, kLanes, l1 + c * kLanes), std::copy_n(a2, kLanes, l2 + c * kLanes);
-  }
-}
-
-// Consecutive NLC rows of C channels: a1[c] += u[c] - ku[c],  a2[c] += (u[c] - ku[c]) * (v[c] - m[c]).
-template <typename scalar_t, typename opmath_t>
-void nlc_rows_sums(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* ku,
-                   const opmath_t* m, opmath_t* __restrict__ a1, opmath_t* __restrict__ a2) {
-  if constexpr (has_avx2_path<scalar_t>) {
-    if (use_avx2()) return nlc_rows_sums_avx2(u, v, rows, C, ku, m, a1, a2);
-  }
-  for (int64_t r = 0; r < rows; ++r, u += C, v += C) {
-    for (int64_t c = 0; c < C; ++c) {
-      const opmath_t d = opmath_t(u[c]) - ku[c];
-      a1[c] += d, a2[c] += d * (opmath_t(v[c]) - m[c]);
-    }
-  }
-}
-
 // Per-channel sums S1[c], S2[c] of SumTerms over the M values of each channel. Memory is read in
 // order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C values)
 // split into blocks of whole rows (one per at::internal::GRAIN_SIZE values, at most kBlocks: a
@@ -279,7 +195,7 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
       const int64_t r0 = b * per_block, r1 = std::min(rows, r0 + per_block);
       if (g.nlc) {
         for (int64_t q = r0; q < r1; q += flush_rows) {
-          nlc_rows_sums(t.u + q * C, t.v + q * C, std::min(r1, q + flush_rows) - q, C, t.ku.data(), t.m.data(),
+          BatchNormStubs<scalar_t>::nlc_rows_sums(t.u + q * C, t.v + q * C, std::min(r1, q + flush_rows) - q, C, t.ku.data(), t.m.data(),
                         a1.data(), a2.data());
           flush();
         }
@@ -289,7 +205,7 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
         for (int64_t r = r0, c = r0 % C; r < r1; ++r, c = c + 1 == C ? 0 : c + 1) {
           for (int64_t l = 0; l < L; l += kChunk) {
             std::fill(a1.begin(), a1.end(), opmath_t(0)), std::fill(a2.begin(), a2.end(), opmath_t(0));
-            rows_sums(t.u + r * L + l, t.v + r * L + l, 1, std::min(kChunk, L - l), 0, 1, &t.ku[c], &t.m[c],
+            BatchNormStubs<scalar_t>::rows_sums(t.u + r * L + l, t.v + r * L + l, 1, std::min(kChunk, L - l), 0, 1, &t.ku[c], &t.m[c],
                       a1.data(), a2.data());
             s1[c] += lane_total(a1.data()), s2[c] += lane_total(a2.data());
           }
@@ -297,7 +213,7 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
         continue;
       }
       for (int64_t q = r0; q < r1; q += flush_rows) {
-        rows_sums(t.u + q * L, t.v + q * L, std::min(r1, q + flush_rows) - q, L, q % C, C, t.ku.data(), t.m.data(),
+        BatchNormStubs<scalar_t>::rows_sums(t.u + q * L, t.v + q * L, std::min(r1, q + flush_rows) - q, L, q % C, C, t.ku.data(), t.m.data(),
                   a1.data(), a2.data());
         flush();
       }
@@ -306,94 +222,6 @@ void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<ac
   S1.assign(C, 0), S2.assign(C, 0);
   for (int64_t b = 0; b < blocks; ++b)
     for (int64_t c = 0; c < C; ++c) S1[c] += P1[b * C + c], S2[c] += P2[b * C + c];
-}
-
-// The AVX2 versions of affine_run, affine_nlc_rows and affine_rows (see cpu_capability.h).
-template <bool per_lane, typename T>
-MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void affine_run_avx2(const T* u, const T* v, int64_t n,
-                                                                           const float* A, const float* B,
-                                                                           const float* Mu, const float* K, T* out) {
-  constexpr int64_t step = per_lane ? 1 : 0;
-  __m256 a = _mm256_set1_ps(*A), b = _mm256_set1_ps(*B), mu = _mm256_set1_ps(*Mu), k = _mm256_set1_ps(*K);
-  // Values j..j+7 (per_lane: with their coefficients).
-  auto eight = [&](int64_t j) MANUAL_OPS_AVX2 {
-    if (per_lane) {
-      a = _mm256_loadu_ps(A + j), b = _mm256_loadu_ps(B + j), mu = _mm256_loadu_ps(Mu + j), k = _mm256_loadu_ps(K + j);
-    }
-    __m256 y = k;
-    if (v) y = _mm256_fmadd_ps(b, _mm256_sub_ps(load8(v + j), mu), y);
-    if (u) y = _mm256_fmadd_ps(a, load8(u + j), y);
-    return y;
-  };
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) store16(out + j, eight(j), eight(j + 8));
-  for (; j + 8 <= n; j += 8) store8(out + j, eight(j));
-  for (; j < n; ++j) {
-    float y = K[j * step];
-    if (v) y += B[j * step] * (float(v[j]) - Mu[j * step]);
-    if (u) y += A[j * step] * float(u[j]);
-    out[j] = T(y);
-  }
-}
-
-template <typename T>
-MANUAL_OPS_AVX2 void affine_nlc_rows_avx2(const T* u, const T* v, int64_t rows, int64_t C, const float* A,
-                                          const float* B, const float* Mu, const float* K, T* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    affine_run_avx2<true>(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
-  }
-}
-
-template <typename T>
-MANUAL_OPS_AVX2 void affine_rows_avx2(const T* u, const T* v, int64_t rows, int64_t L, int64_t c, int64_t C,
-                                      const float* A, const float* B, const float* Mu, const float* K, T* out) {
-  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
-    affine_run_avx2<false>(u ? u + r * L : nullptr, v ? v + r * L : nullptr, L, A + c, B + c, Mu + c, K + c,
-                           out + r * L);
-  }
-}
-
-// out[j] = A * u[j] + B * (v[j] - Mu) + K over one run of n values, with the coefficients of one
-// channel (per_lane false) or of channel j (per_lane true: an NLC row); u or v may be null (that
-// term is dropped). Computed in opmath_t, rounded once to scalar_t.
-template <bool per_lane, typename scalar_t, typename opmath_t>
-void affine_run(const scalar_t* u, const scalar_t* v, int64_t n, const opmath_t* A, const opmath_t* B,
-                const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
-  // step 0 or 1 at compile time, and the three combinations of terms as three loops, so that they vectorise.
-  constexpr int64_t step = per_lane ? 1 : 0;
-  if (u && v) {
-    for (int64_t j = 0; j < n; ++j)
-      out[j] = scalar_t(A[j * step] * opmath_t(u[j]) + B[j * step] * (opmath_t(v[j]) - Mu[j * step]) + K[j * step]);
-  } else if (v) {
-    for (int64_t j = 0; j < n; ++j) out[j] = scalar_t(B[j * step] * (opmath_t(v[j]) - Mu[j * step]) + K[j * step]);
-  } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = scalar_t(A[j * step] * opmath_t(u[j]) + K[j * step]);
-  }
-}
-
-// Consecutive NLC rows of C values, value c of a row with the coefficients of channel c.
-template <typename scalar_t, typename opmath_t>
-void affine_nlc_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t C, const opmath_t* A,
-                     const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
-  if constexpr (has_avx2_path<scalar_t>) {
-    if (use_avx2()) return affine_nlc_rows_avx2(u, v, rows, C, A, B, Mu, K, out);
-  }
-  for (int64_t r = 0; r < rows; ++r) {
-    affine_run<true>(u ? u + r * C : nullptr, v ? v + r * C : nullptr, C, A, B, Mu, K, out + r * C);
-  }
-}
-
-// Consecutive NCL rows of L values, row r with the coefficients of channel c (c for the first
-// row, then cycling through C).
-template <typename scalar_t, typename opmath_t>
-void affine_rows(const scalar_t* u, const scalar_t* v, int64_t rows, int64_t L, int64_t c, int64_t C,
-                 const opmath_t* A, const opmath_t* B, const opmath_t* Mu, const opmath_t* K, scalar_t* out) {
-  if constexpr (has_avx2_path<scalar_t>) {
-    if (use_avx2()) return affine_rows_avx2(u, v, rows, L, c, C, A, B, Mu, K, out);
-  }
-  for (int64_t r = 0; r < rows; ++r, c = c + 1 == C ? 0 : c + 1) {
-    affine_run<false>(u ? u + r * L : nullptr, v ? v + r * L : nullptr, L, A + c, B + c, Mu + c, K + c, out + r * L);
-  }
 }
 
 // out = a[c] * u + b[c] * (v - m[c]) + k[c] elementwise in the layout of g, where u or v may
@@ -411,14 +239,14 @@ void per_channel_affine(const Geometry& g, const scalar_t* u, const scalar_t* v,
   if (!g.nlc) {
     at::parallel_for(0, g.N * C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
                      [&](int64_t i0, int64_t i1) {
-                       affine_rows(u ? u + i0 * L : nullptr, v ? v + i0 * L : nullptr, i1 - i0, L, i0 % C, C, A, B,
+                       BatchNormStubs<scalar_t>::affine_rows(u ? u + i0 * L : nullptr, v ? v + i0 * L : nullptr, i1 - i0, L, i0 % C, C, A, B,
                                    Mu, K, out + i0 * L);
                      });
     return;
   }
   at::parallel_for(0, g.M(), std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, C)),
                    [&](int64_t r0, int64_t r1) {
-                     affine_nlc_rows(u ? u + r0 * C : nullptr, v ? v + r0 * C : nullptr, r1 - r0, C, A, B, Mu, K,
+                     BatchNormStubs<scalar_t>::affine_nlc_rows(u ? u + r0 * C : nullptr, v ? v + r0 * C : nullptr, r1 - r0, C, A, B, Mu, K,
                                      out + r0 * C);
                    });
 }

@@ -1,0 +1,55 @@
+// Loads and stores between memory of a floating dtype T (float, double, bfloat16, float16) and
+// at::vec vectors of its opmath type (float32 for bfloat16 and float16, else T itself), for the
+// kernels of csrc/cpu/*.cpp. A 16-bit value widens exactly; float32 is rounded to nearest even into
+// bfloat16 / float16 (at::vec's conversions, as c10::BFloat16's and c10::Half's).
+#pragma once
+
+#include <ATen/OpMathType.h>
+#include <ATen/cpu/vec/functional.h>
+#include <ATen/cpu/vec/vec.h>
+
+#include <cstdint>
+
+namespace manual_ops {
+namespace CPU_CAPABILITY {
+
+template <typename T>
+using OpVec = at::vec::Vectorized<at::opmath_type<T>>;
+
+// The first `count` (at most OpVec<T>::size()) values of p; the other lanes are zero.
+template <typename T>
+inline OpVec<T> load_opmath(const T* p, int64_t count = OpVec<T>::size()) {
+  if constexpr (at::is_reduced_floating_point_v<T>) {
+    if (count == OpVec<T>::size()) {
+      OpVec<T> out;
+      at::vec::load_to_float(p, out);
+      return out;
+    }
+    return std::get<0>(at::vec::convert_to_float<T>(at::vec::Vectorized<T>::loadu(p, count)));
+  } else {
+    return OpVec<T>::loadu(p, count);
+  }
+}
+
+// p[0 .. 2 * size) = (lo, hi): for 16-bit T one full vector of T, stored whole.
+template <typename T>
+inline void store_opmath2(T* p, const OpVec<T>& lo, const OpVec<T>& hi) {
+  if constexpr (at::is_reduced_floating_point_v<T>) {
+    at::vec::convert_from_float<T>(lo, hi).store(p);
+  } else {
+    lo.store(p), hi.store(p + OpVec<T>::size());
+  }
+}
+
+// p[0 .. count) = the first `count` lanes of v.
+template <typename T>
+inline void store_opmath(T* p, const OpVec<T>& v, int64_t count = OpVec<T>::size()) {
+  if constexpr (at::is_reduced_floating_point_v<T>) {
+    at::vec::convert_from_float<T>(v, v).store(p, count);
+  } else {
+    v.store(p, count);
+  }
+}
+
+}  // namespace CPU_CAPABILITY
+}  // namespace manual_ops
