@@ -1,70 +1,33 @@
 // 2-D adaptive average pooling and its hand-written backward.
 // Derivation: docs/derivations.md, "pooling".
-#include "cpu_capability.h"
+#include "cpu/pool_sum_kernel.h"
 #include "pooling.h"
-#include "vec_avx2.h"
 
 #include <ATen/AccumulateType.h>
 
 namespace manual_ops {
+
+template <typename T>
+KernelStub<chunk_sum_fn<T>> PoolSumStubs<T>::chunk_sum{};
+template <typename T>
+KernelStub<add_row_fn<T>> PoolSumStubs<T>::add_row{};
+template struct PoolSumStubs<float>;
+template struct PoolSumStubs<double>;
+template struct PoolSumStubs<c10::BFloat16>;
+template struct PoolSumStubs<c10::Half>;
+
 namespace {
 
 constexpr int64_t kChunk = 256;  // values summed in opmath_t before their total is added in acc_t
 
-// The AVX2 versions of the loops below (see cpu_capability.h), for float32, bfloat16 and float16.
-template <typename T>
-MANUAL_OPS_AVX2 float chunk_sum_avx2(const T* p, int64_t n) {
-  __m256 a = _mm256_setzero_ps(), b = _mm256_setzero_ps();
-  int64_t i = 0;
-  for (; i + 16 <= n; i += 16) a = _mm256_add_ps(a, load8(p + i)), b = _mm256_add_ps(b, load8(p + i + 8));
-  if (i + 8 <= n) a = _mm256_add_ps(a, load8(p + i)), i += 8;
-  float total = horizontal_sum(_mm256_add_ps(a, b));
-  for (; i < n; ++i) total += float(p[i]);
-  return total;
-}
-
-template <typename T>
-MANUAL_OPS_AVX2 void add_row_avx2(float* part, const T* src, int64_t C) {
-  int64_t c = 0;
-  for (; c + 8 <= C; c += 8) _mm256_storeu_ps(part + c, _mm256_add_ps(_mm256_loadu_ps(part + c), load8(src + c)));
-  for (; c < C; ++c) part[c] += float(src[c]);
-}
-
 // Sum of a contiguous run in the accumulation type acc_t (float64 for float32), as a window can be
-// the whole plane: chunks of up to kChunk values are summed in opmath_t with eight independent
-// partial sums (so that the adds pipeline and vectorise instead of forming one dependent chain),
+// the whole plane: chunks of up to kChunk values are summed in opmath_t in vector lanes (chunk_sum),
 // and each chunk's total is added in acc_t.
 template <typename scalar_t, typename acc_t = at::acc_type<scalar_t, false>>
 acc_t run_sum(const scalar_t* p, int64_t n) {
-  using opmath_t = at::opmath_type<scalar_t>;
-  constexpr int64_t kLanes = 8;
   acc_t total = 0;
-  for (int64_t c0 = 0; c0 < n; c0 += kChunk) {
-    const int64_t c1 = std::min(n, c0 + kChunk);
-    if constexpr (has_avx2_path<scalar_t>) {
-      if (use_avx2()) {
-        total += chunk_sum_avx2(p + c0, c1 - c0);
-        continue;
-      }
-    }
-    opmath_t part[kLanes] = {};
-    int64_t i = c0;
-    for (; i + kLanes <= c1; i += kLanes) {
-      for (int64_t l = 0; l < kLanes; ++l) part[l] += opmath_t(p[i + l]);
-    }
-    for (; i < c1; ++i) part[0] += opmath_t(p[i]);
-    total += ((part[0] + part[1]) + (part[2] + part[3])) + ((part[4] + part[5]) + (part[6] + part[7]));
-  }
+  for (int64_t c0 = 0; c0 < n; c0 += kChunk) total += PoolSumStubs<scalar_t>::chunk_sum(p + c0, std::min(kChunk, n - c0));
   return total;
-}
-
-// part[c] += src[c] for c in [0, C), in opmath_t.
-template <typename scalar_t, typename opmath_t = at::opmath_type<scalar_t>>
-void add_row(opmath_t* __restrict__ part, const scalar_t* __restrict__ src, int64_t C) {
-  if constexpr (has_avx2_path<scalar_t>) {
-    if (use_avx2()) return add_row_avx2(part, src, C);
-  }
-  for (int64_t c = 0; c < C; ++c) part[c] += opmath_t(src[c]);
 }
 
 // Forward, NCHW: y[p, oh, ow] = (1 / |R||S|) * sum over ih in R(oh), iw in S(ow) of x[p, ih, iw],
@@ -117,7 +80,7 @@ void adaptive_avg_nhwc(const scalar_t* x, scalar_t* y, const PoolGeometry& g) {
         int64_t taps = 0;
         for (int64_t ih = rows.first; ih < rows.end(); ++ih) {
           for (int64_t iw = cols.first; iw < cols.end(); ++iw) {
-            add_row(part.data(), x + ((n * g.H + ih) * g.W + iw) * C, C);
+            PoolSumStubs<scalar_t>::add_row(part.data(), x + ((n * g.H + ih) * g.W + iw) * C, C);
             if (++taps % kChunk == 0) flush();
           }
         }

@@ -1,17 +1,17 @@
-// C = A @ B (+ bias) (+ C) by packed panels and an AVX2/FMA micro-kernel (the classical blocking
+// C = A @ B (+ bias) (+ C) by packed panels and a register-tile micro-kernel (the classical blocking
 // of Goto and van de Geijn). B is packed once into panels of NR columns (converted to float32).
 // Each thread takes blocks of MC rows of C; for each block of NC columns it sums over depth
-// blocks of KC: it packs the block's A into panels of MR rows, and the micro-kernel multiplies one
-// MR x KC panel of A by one KC x NR panel of B into an MR x NR tile held in 12 AVX registers,
+// blocks of KC: it packs the block's A into panels of MR rows, and the micro-kernel
+// (cpu/gemm_kernel.cpp, per CPU capability) multiplies one MR x KC panel of A by one KC x NR panel
+// of B into an MR x NR tile held in vector registers,
 //   acc[i, j] += sum_{p < KC} A[i, p] * B[p, j]   for MR rows i and NR columns j,
 // added into the block's float32 result. The finished block gets the bias (and the old C) and
 // is rounded once into C.
 #include "gemm.h"
+#include "cpu/gemm_kernel.h"
 #include "cpu/pack16_kernel.h"
-#include "vec_avx2.h"
 
 #include <ATen/native/CPUBlas.h>
-#include <immintrin.h>
 
 #include <algorithm>
 #include <cstdlib>
@@ -23,6 +23,16 @@ namespace manual_ops {
 
 MANUAL_OPS_DEFINE_KERNEL(vnni_pack_stub);
 MANUAL_OPS_DEFINE_KERNEL(transpose16_stub);
+MANUAL_OPS_DEFINE_KERNEL(gemm_micro_kernel_stub);
+template <typename T>
+KernelStub<gemm_pack_rows_fn<T>> GemmPackStub<T>::pack_rows{};
+template <typename TC>
+KernelStub<gemm_epilogue_row_fn<TC>> GemmEpilogueStub<TC>::epilogue_row{};
+template struct GemmPackStub<c10::BFloat16>;
+template struct GemmPackStub<c10::Half>;
+template struct GemmEpilogueStub<float>;
+template struct GemmEpilogueStub<c10::BFloat16>;
+template struct GemmEpilogueStub<c10::Half>;
 
 namespace {
 
@@ -34,8 +44,8 @@ struct View {
   View t() const { return {data, cols, rows}; }
 };
 
-constexpr int64_t MR = 6;     // rows of a micro-tile
-constexpr int64_t NR = 16;    // columns of a micro-tile: two 8-float AVX registers
+constexpr int64_t MR = kGemmMR;  // rows of a micro-tile
+constexpr int64_t NR = kGemmNR;  // columns of a micro-tile
 constexpr int64_t KC = 256;   // depth of a block: an A panel and a B panel, (MR + NR) * KC * 4 = 22 KB, stay in L1
 constexpr int64_t MC = 96;    // rows of a packed A block: MC * KC * 4 = 96 KB, in L2
 constexpr int64_t NC = 1024;  // columns of a block: its float32 result is MC * NC * 4 = 384 KB per thread
@@ -46,24 +56,7 @@ int64_t round_up(int64_t v, int64_t to) { return (v + to - 1) / to * to; }
 // depth-major: out[panel * W * kc + p * W + w] = S[r0 + panel * W + w, p0 + p], zero past `rows`.
 // Used for A's rows (W = MR) and, through B^T, for B's columns (W = NR). Converts T to float32.
 // The depth offsets are tabulated once per call, so a split dimension costs no division per value.
-// A panel of MR rows whose depths are adjacent (row w at rows[w], depth p at + p): 8 depths of the
-// MR rows are loaded as 8 vectors (two of them zero), transposed, and each depth's MR values
-// stored; the stores overlap by 8 - MR floats, the next depth's store overwriting the excess.
-template <typename T>
-MANUAL_OPS_AVX2 void pack_rows_avx2(const T* const* rows, int64_t kc, float* out) {
-  static_assert(MR <= 8, "one vector per row of the panel");
-  int64_t p = 0;
-  for (; p + 8 <= kc; p += 8) {
-    __m256 r[8];
-    for (int64_t w = 0; w < 8; ++w) r[w] = w < MR ? load8(rows[w] + p) : _mm256_setzero_ps();
-    transpose8(r);
-    for (int64_t q = 0; q < 7; ++q) _mm256_storeu_ps(out + (p + q) * MR, r[q]);
-    _mm256_maskstore_ps(out + (p + 7) * MR, first_lanes(MR), r[7]);
-  }
-  for (; p < kc; ++p)
-    for (int64_t w = 0; w < MR; ++w) out[p * MR + w] = static_cast<float>(rows[w][p]);
-}
-
+// A's panels whose rows have adjacent depths go through the vectorised GemmPackStub.
 template <int64_t W, typename T>
 void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, int64_t kc, float* out) {
   int64_t depth[KC];
@@ -81,7 +74,7 @@ void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, i
     if (adjacent_depths && w_valid == W) {
       const T* panel_rows[MR];
       for (int64_t w = 0; w < MR; ++w) panel_rows[w] = S.data + S.rows.offset(r0 + r + w) + depth[0];
-      pack_rows_avx2(panel_rows, kc, out);
+      GemmPackStub<T>::pack_rows(panel_rows, kc, out);
       continue;
     }
     for (int64_t w = 0; w < W; ++w) {
@@ -95,71 +88,13 @@ void pack_panels(const View<const T>& S, int64_t r0, int64_t rows, int64_t p0, i
   }
 }
 
-// row[0:16] = (lo, hi), or += when `accumulate`.
-MANUAL_OPS_AVX2 __attribute__((always_inline)) inline void store_row(float* row, __m256 lo, __m256 hi,
-                                                                          bool accumulate) {
-  if (accumulate) lo = _mm256_add_ps(lo, _mm256_loadu_ps(row)), hi = _mm256_add_ps(hi, _mm256_loadu_ps(row + 8));
-  _mm256_storeu_ps(row, lo), _mm256_storeu_ps(row + 8, hi);
-}
-
-// The micro-kernel: acc (MR x NR, row stride ld) = a (MR x kc panel) @ b (kc x NR panel), or
-// acc += that product when `accumulate`. The 12 accumulators are named variables: as an array,
-// GCC spills them to the stack on every step.
-MANUAL_OPS_AVX2 void micro_kernel(int64_t kc, const float* __restrict a,
-                                                      const float* __restrict b, float* __restrict acc,
-                                                      int64_t ld, bool accumulate) {
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
-  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t p = 0; p < kc; ++p, a += MR, b += NR) {
-    const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-    __m256 ai = _mm256_broadcast_ss(a);
-    c00 = _mm256_fmadd_ps(ai, b0, c00), c01 = _mm256_fmadd_ps(ai, b1, c01);
-    ai = _mm256_broadcast_ss(a + 1);
-    c10 = _mm256_fmadd_ps(ai, b0, c10), c11 = _mm256_fmadd_ps(ai, b1, c11);
-    ai = _mm256_broadcast_ss(a + 2);
-    c20 = _mm256_fmadd_ps(ai, b0, c20), c21 = _mm256_fmadd_ps(ai, b1, c21);
-    ai = _mm256_broadcast_ss(a + 3);
-    c30 = _mm256_fmadd_ps(ai, b0, c30), c31 = _mm256_fmadd_ps(ai, b1, c31);
-    ai = _mm256_broadcast_ss(a + 4);
-    c40 = _mm256_fmadd_ps(ai, b0, c40), c41 = _mm256_fmadd_ps(ai, b1, c41);
-    ai = _mm256_broadcast_ss(a + 5);
-    c50 = _mm256_fmadd_ps(ai, b0, c50), c51 = _mm256_fmadd_ps(ai, b1, c51);
-  }
-  store_row(acc, c00, c01, accumulate), store_row(acc + ld, c10, c11, accumulate);
-  store_row(acc + 2 * ld, c20, c21, accumulate), store_row(acc + 3 * ld, c30, c31, accumulate);
-  store_row(acc + 4 * ld, c40, c41, accumulate), store_row(acc + 5 * ld, c50, c51, accumulate);
-}
-
-// One row of the epilogue where C's columns are adjacent: c[j] = a[j] + row_bias (+ col_bias[j])
-// (+ c[j] when `accumulate`), rounded once into TC; 16 values a step (one bfloat16 pack).
-template <typename TC>
-MANUAL_OPS_AVX2 void epilogue_row(TC* c, const float* a, int64_t n, float row_bias, const float* col_bias,
-                                  bool accumulate) {
-  const __m256 rb = _mm256_set1_ps(row_bias);
-  auto eight = [&](int64_t j) MANUAL_OPS_AVX2 {
-    __m256 v = _mm256_add_ps(_mm256_loadu_ps(a + j), rb);
-    if (col_bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(col_bias + j));
-    if (accumulate) v = _mm256_add_ps(v, load8(c + j));
-    return v;
-  };
-  int64_t j = 0;
-  for (; j + 16 <= n; j += 16) store16(c + j, eight(j), eight(j + 8));
-  for (; j + 8 <= n; j += 8) store8(c + j, eight(j));
-  for (; j < n; ++j) {
-    float v = a[j] + row_bias;
-    if (col_bias != nullptr) v += col_bias[j];
-    if (accumulate) v += static_cast<float>(c[j]);
-    c[j] = static_cast<TC>(v);
-  }
-}
-
 // The epilogue of a float32 block acc (mc x nc, row stride ld) of C, at row ic and column jc: plus
 // bias (one value per column of C, or per row when `bias_per_row`; or nullptr) and the old C when
 // `accumulate`, rounded once into C. col_offset: scratch for nc offsets.
 template <typename TC>
 void epilogue(const View<TC>& C, const float* acc, int64_t ld, int64_t ic, int64_t mc, int64_t jc, int64_t nc,
               const float* bias, bool bias_per_row, bool accumulate, int64_t* col_offset) {
-  const bool unit_cols = use_avx2() && C.cols.is_plain() && C.cols.stride == 1;
+  const bool unit_cols = C.cols.is_plain() && C.cols.stride == 1;
   for (int64_t j = 0; j < nc; ++j) col_offset[j] = C.cols.offset(jc + j);
   for (int64_t i = 0; i < mc; ++i) {
     TC* c = C.data + C.rows.offset(ic + i);
@@ -167,7 +102,7 @@ void epilogue(const View<TC>& C, const float* acc, int64_t ld, int64_t ic, int64
     const float row_bias = bias != nullptr && bias_per_row ? bias[ic + i] : 0.f;
     const float* col_bias = bias != nullptr && !bias_per_row ? bias + jc : nullptr;
     if (unit_cols) {
-      epilogue_row(c + jc, a, nc, row_bias, col_bias, accumulate);
+      GemmEpilogueStub<TC>::epilogue_row(c + jc, a, nc, row_bias, col_bias, accumulate);
       continue;
     }
     for (int64_t j = 0; j < nc; ++j) {
@@ -239,17 +174,17 @@ void gemm(const View<const TA>& A_in, const View<const TA>& B_in, const View<TC>
             for (int64_t ir = 0; ir < mc; ir += MR) {
               const float* a = a_pack.data() + ir * kc;
               if (!in_place) {
-                micro_kernel(kc, a, b_block + jr * kc, acc.data() + ir * nc_max + jr, nc_max, pc > 0);
+                gemm_micro_kernel_stub(kc, a, b_block + jr * kc, acc.data() + ir * nc_max + jr, nc_max, pc > 0);
                 continue;
               }
               const bool add = accumulate || pc > 0;
               float* c = c_float + (ic + ir) * C.rows.stride + jc + jr;
               const int64_t m = std::min(MR, mc - ir), n = std::min(NR, nc - jr);
               if (m == MR && n == NR) {
-                micro_kernel(kc, a, b_block + jr * kc, c, C.rows.stride, add);
+                gemm_micro_kernel_stub(kc, a, b_block + jr * kc, c, C.rows.stride, add);
                 continue;
               }
-              micro_kernel(kc, a, b_block + jr * kc, tile, NR, false);
+              gemm_micro_kernel_stub(kc, a, b_block + jr * kc, tile, NR, false);
               for (int64_t i = 0; i < m; ++i)
                 for (int64_t j = 0; j < n; ++j) {
                   float& out = c[i * C.rows.stride + j];
@@ -447,7 +382,7 @@ bool onednn_has_micro_kernel(at::ScalarType t) {
 
 // MANUAL_OPS_BF16_GEMM: "onednn" or "own", else (unset, or any other value, with a warning) oneDNN's micro-kernel wherever it has one
 // for the dtype (at::native::cpublas::could_pack: AMX-BF16 or AVX512-BF16 for bfloat16; AMX-FP16
-// or AVX512-FP16 for float16), our AVX2 GEMM elsewhere.
+// or AVX512-FP16 for float16), our own GEMM elsewhere (at the avx2 level and above).
 LowPrecisionGemm low_precision_gemm(at::ScalarType t) {
   static const char* requested = std::getenv("MANUAL_OPS_BF16_GEMM");
   static const bool forced_onednn = requested != nullptr && std::strcmp(requested, "onednn") == 0;
@@ -458,7 +393,7 @@ LowPrecisionGemm low_precision_gemm(at::ScalarType t) {
   }
   TORCH_CHECK(is_reduced_floating(t), "manual_ops low_precision_gemm: expected bfloat16 or float16, but got ", t);
   if (forced_onednn || (!forced_own && onednn_has_micro_kernel(t))) return LowPrecisionGemm::onednn;
-  return use_avx2() ? LowPrecisionGemm::own : LowPrecisionGemm::mm;
+  return cpu_capability() != Capability::DEFAULT ? LowPrecisionGemm::own : LowPrecisionGemm::mm;
 }
 
 bool own_gemm(at::ScalarType t) {

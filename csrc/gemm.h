@@ -7,9 +7,9 @@
 // AVX512-FP16), plain 2-D products into the operands' dtype go to at::mm_out (oneDNN's matmul) and
 // the others' packed blocks are multiplied by the micro-kernel (at::native::cpublas::brgemm:
 // products of the operands' dtype, float32 sums; 4x our float32 GEMM's speed on a Sapphire Rapids);
-// elsewhere they are converted to float32 as they are packed and multiplied with an AVX2/FMA
-// micro-kernel. ATen's at::mm has no fast bfloat16/float16 path on CPUs without native support for
-// them (1024^2: 2.25 s against 12-25 ms in float32 on an AVX2 EPYC), and on those with it rounds a
+// elsewhere they are converted to float32 as they are packed and multiplied with our micro-kernel
+// (cpu/gemm_kernel.cpp, at the avx2 level and above). ATen's at::mm has no fast bfloat16/float16
+// path on CPUs without native support for them (1024^2: 2.25 s against 12-25 ms in float32 on an AVX2 EPYC), and on those with it rounds a
 // sum of tiles (several GEMMs into one float32 result) more than once. float32 and float64 go to
 // at::mm (MKL), which is faster on our float32 shapes than our GEMM (measured: conv geometric mean
 // 1.14-1.21 against 1.32 of the built-in's time), as do all dtypes on a CPU without AVX2 and FMA

@@ -66,7 +66,7 @@ def test_measure_times_our_float32_run_alongside():
 
 
 def test_bf16_families_run_in_bfloat16():
-    assert {f"{f}-bf16" for f in ("conv", "bn", "pool", "basic", "train")} <= set(bench.FAMILIES)
+    assert {f"{f}-bf16" for f in ("conv", "bn", "pool", "basic", "train", "small")} <= set(bench.FAMILIES)
     results = bench.run(["pool-bf16"], reps=1, warmup=0, log=lambda line: None)
     assert results and all(r.family == "pool-bf16" for r in results)
     from manual_ops.bench import conv
@@ -93,3 +93,16 @@ def test_conv_cases_report_gflops_of_forward_and_both_gradients():
     assert (r.ours_gflops, r.builtin_gflops) == (4000.0, 2000.0)
     assert "GFLOP/s: ours 4000, built-in 2000" in bench.format_table([r])
     assert bench.Result("pool", "y", 1.0, 1.0, 1.0, 1.0).ours_gflops is None
+
+
+def test_small_family_covers_every_layer_kind_of_the_main_job_and_its_step():
+    from manual_ops.bench import small
+
+    cases = small.cases()
+    names = [c.name for c in cases]
+    assert all(c.family == "small" for c in cases)
+    assert [n for n in names if n.startswith("conv ")] == [f"conv {c[0]}" for c in small.CONVS]
+    for kind in ("bn C16 @8", "relu", "adaptive avg", "linear", "cross_entropy", "resnet-small step"):
+        assert any(n.startswith(kind) for n in names), kind
+    for case in cases:  # each side runs: the shapes are those of the digits network
+        case.ours(), case.builtin()

@@ -14,7 +14,7 @@
 
 #include "common.h"
 #if defined(CPU_CAPABILITY_AVX2)
-#include "vec_avx2.h"
+#include <immintrin.h>
 #endif
 
 namespace manual_ops {
@@ -25,6 +25,31 @@ namespace {
 // cache line of either side is used whole at once (a column-wise walk of rows H*W*4 bytes apart would
 // map them all to one cache set and miss on every element).
 constexpr int64_t kBlock = 32;
+
+#if defined(CPU_CAPABILITY_AVX2)
+// The 8 x 8 transpose of the rows r[0..7]: r[q] becomes column q. Shuffles move bits, so 16-bit values
+// zero-extended into the 32-bit lanes come out unchanged.
+inline void transpose8(__m256 r[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20), r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20), r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31), r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31), r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// The low 16 bits of the 32-bit lanes of v, in order, in the low 128 bits: packing gives, per 128-bit
+// half, [v0..3 v0..3 | v4..7 v4..7]; the 64-bit blocks reordered 0, 2, 1, 3 put them in order.
+inline __m128i low_halves(__m256i v) {
+  return _mm256_castsi256_si128(_mm256_permute4x64_epi64(_mm256_packus_epi32(v, v), 0xD8));
+}
+#endif
 
 // d[j * ld_d + i] = s[i * ld_s + j] for i < m, j < n (m, n <= kBlock).
 void transpose_block(const float* s, int64_t ld_s, float* d, int64_t ld_d, int64_t m, int64_t n) {
@@ -58,8 +83,8 @@ void transpose_block(const T* s, int64_t ld_s, T* d, int64_t ld_d, int64_t m, in
 #elif defined(CPU_CAPABILITY_AVX2)
   // Intrinsics: at::vec has no AVX2 transpose of 16-bit values, and widening them in scalar loops
   // for its float32 one took 18% of a bfloat16 1x1 conv's forward (perf, at the avx2 level). So
-  // 8 x 8 blocks, zero-extended to 32-bit lanes, transposed in registers (vec_avx2.h's transpose8)
-  // and packed back (pack16).
+  // 8 x 8 blocks, zero-extended to 32-bit lanes, transposed in registers (transpose8) and packed
+  // back (low_halves).
   for (int64_t i = 0; i < m; i += 8)
     for (int64_t j = 0; j < n; j += 8) {
       if (i + 8 > m || j + 8 > n) {
@@ -73,8 +98,7 @@ void transpose_block(const T* s, int64_t ld_s, T* d, int64_t ld_d, int64_t m, in
             _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(s + (i + r) * ld_s + j))));
       transpose8(v);
       for (int64_t c = 0; c < 8; ++c) {
-        const __m256i bits = _mm256_castps_si256(v[c]);
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (j + c) * ld_d + i), _mm256_castsi256_si128(pack16(bits, bits)));
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(d + (j + c) * ld_d + i), low_halves(_mm256_castps_si256(v[c])));
       }
     }
 #else

@@ -19,7 +19,8 @@ from typing import Callable
 import torch
 
 # family name -> (module under manual_ops.bench, dtype of its cases)
-_MODULES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step"}
+_MODULES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step",
+            "small": "small"}
 FAMILIES = {**{name: (module, torch.float32) for name, module in _MODULES.items()},
             **{f"{name}-bf16": (module, torch.bfloat16) for name, module in _MODULES.items()}}
 
