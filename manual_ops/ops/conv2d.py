@@ -82,7 +82,7 @@ class Conv2dFunction(torch.autograd.Function):
         return unfold(output, 1, B), 1
 
 
-_conv2d_apply = applier(Conv2dFunction, _ops.conv2d_forward)
+_conv2d_apply = applier(Conv2dFunction, _ops.conv2d_forward, autocast_to="lower")
 
 
 class Conv2dBackward(torch.autograd.Function):

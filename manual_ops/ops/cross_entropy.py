@@ -83,7 +83,8 @@ class CrossEntropyFunction(torch.autograd.Function):
         return (loss, lse), (0, 0)
 
 
-_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True)
+_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True,
+                               autocast_to=torch.float32)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):

@@ -68,7 +68,7 @@ class LinearFunction(torch.autograd.Function):
         return loop(B, in_dims, _linear_apply, input, weight, bias)
 
 
-_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True)
+_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True, autocast_to="lower")
 
 
 class LinearBackward(torch.autograd.Function):
