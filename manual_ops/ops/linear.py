@@ -114,14 +114,21 @@ class LinearBackward(torch.autograd.Function):
         if mask[0]:  # fold into the leading dimensions: grad_input is per row
             grad_input = _backward_apply(with_batch(grad_output, gy_bdim, B), with_batch(input, x_bdim, B), weight,
                                          [True, False, False])[0]
-        if mask[1] or mask[2]:
+        if (mask[1] or mask[2]) and x_bdim is None:
             # fold into out_features (only grad_output vmapped): the stacked slices' grads are those of one linear
             # whose weight is the B copies of the weight stacked
-            last = grad_output.dim() - 2
-            _, grad_weight, grad_bias = _backward_apply(fold(grad_output, gy_bdim, B, last), input,
+            _, grad_weight, grad_bias = _backward_apply(fold(grad_output, gy_bdim, B, grad_output.dim() - 2), input,
                                                         fold(weight, None, B, 0), [False, *mask[1:]])
-        grads = (grad_input, unfold(grad_weight, 0, B), unfold(grad_bias, 0, B))
-        return grads, out_dims_of(grads, 0)
+            grads = (grad_input, unfold(grad_weight, 0, B), unfold(grad_bias, 0, B))
+            return grads, out_dims_of(grads, 0)
+        if mask[1] or mask[2]:
+            # fold into in_features (only the input vmapped): grad_weight of one linear on the slices' features
+            # side by side, whose weight is the B copies of the weight side by side; grad_bias is the slices' own
+            _, grad_weight, grad_bias = _backward_apply(grad_output, fold(input, x_bdim, B, input.dim() - 2),
+                                                        fold(weight, None, B, 1), [False, *mask[1:]])
+            grads = (grad_input, unfold(grad_weight, 1, B), grad_bias)
+            return grads, out_dims_of(grads, (0, 1, None))
+        return (grad_input, None, None), (0, None, None)
 
 
 _backward_apply = fast_apply(LinearBackward, _backward_op)
