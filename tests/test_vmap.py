@@ -217,8 +217,8 @@ def test_batch_norm_eval(in_dims, out_dims):
 def test_batch_norm_train_without_running_stats(in_dims):
     """Statistics per slice (track_running_stats off): the fold into channels."""
     x, w, b, _, _ = _bn_args()
-    check(lambda x, w, b: mF.batch_norm(x, None, None, w, b, True), lambda x, w, b: F.batch_norm(x, None, None, w, b, True),
-          (x, w, b), in_dims)
+    check(lambda x, w, b: mF.batch_norm(x, None, None, w, b, True),
+          lambda x, w, b: F.batch_norm(x, None, None, w, b, True), (x, w, b), in_dims)
 
 
 @pytest.mark.parametrize("in_dims", [(0, 0, 0), (2, 1, 0), (None, 0, 0), (0, 0, 0, 0)])
