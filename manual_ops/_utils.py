@@ -78,7 +78,16 @@ def below_autograd(op):
     return call
 
 
-def applier(function: type, op=None, native_autograd: bool = False):
+def _autocast_cast(args, device: str, autocast_to):
+    """``args`` with their tensors cast as csrc/autocast.cpp's kernels (``at::autocast::cached_cast``) cast
+    them: floating-point tensors on ``device``, except float64 ones, to ``autocast_to`` ('lower': the
+    autocast dtype; or a dtype). Each cast is a differentiable ``Tensor.to``, in both AD modes."""
+    to = torch.get_autocast_dtype(device) if autocast_to == "lower" else autocast_to
+    return tuple(a.to(to) if isinstance(a, torch.Tensor) and a.is_floating_point() and a.dtype != torch.float64
+                 and a.device.type == device else a for a in args)
+
+
+def applier(function: type, op=None, native_autograd: bool = False, autocast_to=None):
     """``function.apply`` (as :func:`fast_apply`), as the public wrappers call it, but for these cases:
 
     - under torch.compile, a subclass of ``function`` without its custom ``jvp`` (Dynamo cannot trace
@@ -87,7 +96,10 @@ def applier(function: type, op=None, native_autograd: bool = False):
       (whose autograd kernel has ``function``'s derivatives, see :func:`register_autograd`), so that its
       autocast kernel (csrc/autocast.cpp) casts the inputs before its autograd kernel records them, as
       for torch's own ops: autograd then saves the cast tensors and casts the gradients back to the
-      inputs' dtypes. Inside ``function.forward`` the cast would come too late;
+      inputs' dtypes. Inside ``function.forward`` the cast would come too late. But while forward-mode AD
+      or a torch.func transform is active, which the operator's autograd kernel does not support (it has
+      no ``jvp``, no vmap rule), the wrapper makes autocast's casts itself (to ``autocast_to``: 'lower',
+      a dtype, or None for an op that autocast leaves alone) and calls ``function`` below autocast;
     - with ``native_autograd`` (``op``'s autograd kernel is C++ with ``function``'s derivatives, see
       csrc/autograd_kernel.h), ``op`` itself whenever neither forward-mode AD nor a torch.func
       transform is active, the cases that need ``function`` (its ``jvp``): the C++ kernel costs no Python.
@@ -106,7 +118,12 @@ def applier(function: type, op=None, native_autograd: bool = False):
         if op is not None and (compiling or torch._C._is_any_autocast_enabled()):  # the latter: a fast no
             device = args[0].device.type
             if torch.amp.is_autocast_available(device) and torch.is_autocast_enabled(device):
-                return op(*args)
+                if compiling or (_forward_ad._current_level < 0 and not torch._C._are_functorch_transforms_active()):
+                    return op(*args)
+                if autocast_to is not None:
+                    args = _autocast_cast(args, device, autocast_to)
+                with torch.autocast(device, enabled=False):
+                    return apply_function(*args)
         if compiling:
             return without_jvp.apply(*args)
         return apply_function(*args)

@@ -106,3 +106,20 @@ def test_small_family_covers_every_layer_kind_of_the_main_job_and_its_step():
         assert any(n.startswith(kind) for n in names), kind
     for case in cases:  # each side runs: the shapes are those of the digits network
         case.ours(), case.builtin()
+
+
+def test_per_sample_family_times_vmap_grad_and_a_loop():
+    from manual_ops.bench import per_sample
+
+    assert bench.FAMILIES["per-sample"] == ("per_sample", torch.float32) and "per-sample-bf16" not in bench.FAMILIES
+    cases = per_sample.cases(batch=2, input_size=8)
+    assert [c.name for c in cases] == ["resnet-small vmap(grad), batch 2",
+                                       "resnet-small grad in a Python loop, batch 2"]
+    vmapped, looped = cases[0].ours(), cases[1].ours()  # per-sample grads, stacked and as a list
+    builtin = cases[0].builtin()
+    for name, g in vmapped.items():
+        assert g.shape[0] == 2
+        torch.testing.assert_close(g, torch.stack([sample[name] for sample in looped]))
+        torch.testing.assert_close(g, builtin[name], rtol=1e-4, atol=1e-5)
+    r = bench.measure(cases[0], reps=1, warmup=0)
+    assert r.ours_ms > 0 and r.builtin_ms > 0

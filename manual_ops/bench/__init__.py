@@ -22,7 +22,8 @@ import torch
 _MODULES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step",
             "small": "small"}
 FAMILIES = {**{name: (module, torch.float32) for name, module in _MODULES.items()},
-            **{f"{name}-bf16": (module, torch.bfloat16) for name, module in _MODULES.items()}}
+            **{f"{name}-bf16": (module, torch.bfloat16) for name, module in _MODULES.items()},
+            "per-sample": ("per_sample", torch.float32)}  # torch.func's vmap(grad) and a loop; no bf16 twin
 
 
 @dataclass

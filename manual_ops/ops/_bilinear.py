@@ -9,7 +9,9 @@ or the backward op again (derivation: docs/derivations.md, "conv2d: second order
 - w.r.t. input: ``f_x^T(gy; ggw)``, the grad_input of the backward with ggw in place of w;
 - w.r.t. weight: ``f_w^T(gy; ggx)``, the grad_weight of the backward with ggx in place of x.
 
-The tangent of the forward has the same shape: ``f(dx, w) + f(x, dw) + db``.
+The tangent of the forward has the same shape: ``f(dx, w) + f(x, dw) + db``, and so has the
+tangent of the backward (forward-over-reverse): ``backward(dgy, x, w)`` plus, the backward being
+bilinear, ``f_x^T(gy; dw)`` in grad_input and ``f_w^T(gy; dx)`` in grad_weight.
 """
 
 
@@ -52,3 +54,20 @@ def bilinear_double_backward(forward, backward, needs, grad_output, input, weigh
     if needs[2] and ggx is not None:
         d_weight = backward(grad_output, ggx, weight, [False, True, False])[1]
     return d_grad_output, d_input, d_weight
+
+
+def bilinear_backward_tangent(backward, mask, grad_output, input, weight, d_grad_output, d_input, d_weight):
+    """The tangent of ``backward(grad_output, input, weight, mask)`` for tangents (d_grad_output, d_input,
+    d_weight), any of them None: ``backward(d_grad_output, input, weight, mask)``, plus the grad_input of
+    ``backward(grad_output, input, d_weight)`` and the grad_weight of ``backward(grad_output, d_input,
+    weight)`` (grad_bias is linear in grad_output alone). None where an output has no tangent."""
+    tangents = [None, None, None]
+    if d_grad_output is not None:
+        tangents = list(backward(d_grad_output, input, weight, mask))
+    if mask[0] and d_weight is not None:
+        term = backward(grad_output, input, d_weight, [True, False, False])[0]
+        tangents[0] = term if tangents[0] is None else tangents[0] + term
+    if mask[1] and d_input is not None:
+        term = backward(grad_output, d_input, weight, [False, True, False])[1]
+        tangents[1] = term if tangents[1] is None else tangents[1] + term
+    return tuple(tangents)

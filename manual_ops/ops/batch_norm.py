@@ -4,12 +4,20 @@ from torch.autograd.function import once_differentiable
 
 from .._utils import (applier, below_autograd, check_not_differentiable, fast_apply, memory_format_of,
                       register_autograd)
+from ._vmap import fold, loop, out_dims_of, unfold
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.batch_norm_forward)
 _backward_op = below_autograd(_ops.batch_norm_backward)
 
 FLOOR_SCALES = ("sigma", "gamma")
+
+# torch's own (functorch's batch rule for batch norm), word for word
+_UNBATCHED_RUNNING_STATS = (
+    "Batch norm got a batched tensor as input while the running_mean or running_var, which will be updated in "
+    "place, were not batched.\nIf you are using a module and do not need eval mode, please set "
+    "`track_running_stats` to be False.If you are using a prebuilt module and do not need eval mode, please see "
+    "the functorch website for resources on how to patch your module to work with vmap")
 
 
 def _param_dtype(input, *params):
@@ -81,6 +89,37 @@ class BatchNormFunction(torch.autograd.Function):
     def jvp(ctx, d_input, d_weight, d_bias, *_):
         saved = ctx.saved_tensors
         return batch_norm_tangent(*saved, *ctx.bn_args, d_input, d_weight, d_bias), None, None
+
+    @staticmethod
+    def vmap(info, in_dims, input, weight, bias, running_mean, running_var, num_batches_tracked, training, momentum,
+             eps, beta_floor, floor_scale):
+        x_bdim, w_bdim, b_bdim, rm_bdim, rv_bdim, count_bdim = in_dims[:6]
+        B = info.batch_size
+        options = (training, momentum, eps, beta_floor, floor_scale)
+        if training and x_bdim is not None and ((running_mean is not None and rm_bdim is None)
+                                                or (running_var is not None and rv_bdim is None)):
+            raise RuntimeError(_UNBATCHED_RUNNING_STATS)  # torch's rule: B different updates of one buffer
+        if count_bdim is not None:  # the op takes one batch count, the slices have their own: loop
+            return loop(B, in_dims, _batch_norm_apply, input, weight, bias, running_mean, running_var,
+                        num_batches_tracked, *options)
+        if not training and w_bdim is None and b_bdim is None and rm_bdim is None and rv_bdim is None:
+            # eval, only the input vmapped: fold into N, the statistics are the running ones for every sample
+            output, save_mean, save_invstd = _batch_norm_apply(fold(input, x_bdim, B, 0), weight, bias, running_mean,
+                                                               running_var, num_batches_tracked, *options)
+            return (unfold(output, 0, B), save_mean, save_invstd), (0, None, None)
+        # fold into channels: every channel is normalised on its own (its statistics, its running stats)
+        stats = [fold(t, d, B, 0) for t, d in ((running_mean, rm_bdim), (running_var, rv_bdim))]
+        output, save_mean, save_invstd = _batch_norm_apply(
+            fold(input, x_bdim, B, 1), fold(weight, w_bdim, B, 0), fold(bias, b_bdim, B, 0), *stats,
+            num_batches_tracked, *options)
+        if training:  # the folded running stats were updated, in place: the updates go to the buffers
+            for buffer, bdim, folded in zip((running_mean, running_var), (rm_bdim, rv_bdim), stats):
+                if buffer is not None and bdim is None:  # not vmapped: every slice saw the same input, same update
+                    buffer.copy_(folded.view(B, -1)[0])
+                elif buffer is not None:
+                    buffer.movedim(bdim, 0).copy_(folded.view(B, -1))
+        outputs = (unfold(output, 1, B), unfold(save_mean, 0, B), unfold(save_invstd, 0, B))
+        return outputs, (1, 0, 0)
 
 
 _batch_norm_apply = applier(BatchNormFunction, _ops.batch_norm_forward, native_autograd=True)
@@ -176,40 +215,84 @@ class BatchNormBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:6])
+        ctx.save_for_forward(*inputs[:6])
         ctx.bn_args = inputs[6:9]
+        ctx.output_mask = inputs[9]
         ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, ggx, ggw, ggb):
-        grad_output, input, weight, bias, save_mean, save_invstd = ctx.saved_tensors
-        training, beta_floor, floor_scale = ctx.bn_args
+        saved = ctx.saved_tensors
         needs = ctx.needs_input_grad
-        d_grad_output = d_input = d_weight = None
+        d_grad_output = None
         if needs[0] and not (ggx is None and ggw is None and ggb is None):
-            d_grad_output = batch_norm_tangent(input, weight, bias, save_mean, save_invstd, *ctx.bn_args, ggx, ggw,
-                                               ggb)
-        ch = _Channels(input)
-        s = ch.view(save_invstd)
-        xhat = (input - ch.view(save_mean)) * s
-        delta = grad_output
-        if training:
-            a, b = ch.mean(delta), ch.mean(delta * xhat)
-            delta = delta - a - xhat * b  # P(delta)
-        if needs[1] and ggx is not None and training:
-            gamma = ch.view(weight) if weight is not None else 1
-            projected = ggx - ch.mean(ggx) - xhat * ch.mean(xhat * ggx)  # P(ggx)
-            d_input = -gamma * s * s * ((ch.mean(ggx * grad_output) - a * ch.mean(ggx) - b * ch.mean(ggx * xhat)) * xhat
-                                        + ch.mean(ggx * xhat) * delta + b * projected)
-            clamped = _clamped(weight, bias, save_invstd, beta_floor, floor_scale)
-            if clamped is not None and floor_scale == "sigma":
-                d_input = d_input - torch.where(ch.view(clamped), beta_floor * a * s, 0) * projected
-        if needs[1] and ggw is not None:
-            term = ch.view(ggw) * s * delta
-            d_input = term if d_input is None else d_input + term
-        if needs[2] and ggx is not None:
-            d_weight = save_invstd * ch.sum(ggx * delta)
+            d_grad_output = batch_norm_tangent(*saved[1:], *ctx.bn_args, ggx, ggw, ggb)
+        d_input, d_weight = _second_derivative_terms(*saved, *ctx.bn_args, ggx, ggw, needs[1], needs[2])
         return d_grad_output, d_input, d_weight, None, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_output, d_input, d_weight, *_):
+        r"""The backward is :math:`J^T \delta` for the Jacobian J of the forward w.r.t. (input, weight, bias):
+        its tangent is :math:`J^T \dot\delta` (the backward again) plus :math:`H (\dot x, \dot\gamma)`, H the
+        Hessian of :math:`\langle \delta, y \rangle`, which is symmetric: that is what :meth:`backward` gives
+        for (ggx, ggw) = (:math:`\dot x, \dot\gamma`) (its grad_input and grad_weight rows; the bias rows of H
+        are zero). Derivation: docs/derivations.md, "vmap rules"."""
+        saved = ctx.saved_tensors
+        mask = list(ctx.output_mask)
+        tangents = [None, None, None]
+        if d_grad_output is not None:
+            tangents = list(_batch_norm_backward(d_grad_output, *saved[1:], *ctx.bn_args, mask))
+        terms = _second_derivative_terms(*saved, *ctx.bn_args, d_input, d_weight, mask[0], mask[1])
+        for i, term in enumerate(terms):
+            if term is not None:
+                tangents[i] = term if tangents[i] is None else tangents[i] + term
+        return tuple(tangents)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,
+             floor_scale, output_mask):
+        B = info.batch_size
+        options = (training, beta_floor, floor_scale, output_mask)
+        if not training and all(d is None for d in in_dims[2:6]) and list(output_mask) == [True, False, False]:
+            # eval, grad_input alone: fold into N, as the forward's
+            grad_input = _batch_norm_backward(*(fold(t, d, B, 0) for t, d in zip((grad_output, input), in_dims)),
+                                              weight, bias, save_mean, save_invstd, *options)[0]
+            return (unfold(grad_input, 0, B), None, None), (0, None, None)
+        # fold into channels (as the forward's): the per-channel grads of the folded op are the slices' stacked
+        per_sample = [fold(t, d, B, 1) for t, d in zip((grad_output, input), in_dims)]
+        per_channel = [fold(t, d, B, 0) for t, d in zip((weight, bias, save_mean, save_invstd), in_dims[2:6])]
+        grad_input, grad_weight, grad_bias = _batch_norm_backward(*per_sample, *per_channel, *options)
+        grads = (unfold(grad_input, 1, B), unfold(grad_weight, 0, B), unfold(grad_bias, 0, B))
+        return grads, out_dims_of(grads, (1, 0, 0))
+
+
+def _second_derivative_terms(grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,
+                             floor_scale, ggx, ggw, need_input, need_weight):
+    """The (input, weight) grads of :class:`BatchNormBackward` for the grads (ggx, ggw) of its outputs
+    grad_input and grad_weight (None where not needed or zero); see its docstring."""
+    d_input = d_weight = None
+    ch = _Channels(input)
+    s = ch.view(save_invstd)
+    xhat = (input - ch.view(save_mean)) * s
+    delta = grad_output
+    if training:
+        a, b = ch.mean(delta), ch.mean(delta * xhat)
+        delta = delta - a - xhat * b  # P(delta)
+    if need_input and ggx is not None and training:
+        gamma = ch.view(weight) if weight is not None else 1
+        projected = ggx - ch.mean(ggx) - xhat * ch.mean(xhat * ggx)  # P(ggx)
+        d_input = -gamma * s * s * ((ch.mean(ggx * grad_output) - a * ch.mean(ggx) - b * ch.mean(ggx * xhat)) * xhat
+                                    + ch.mean(ggx * xhat) * delta + b * projected)
+        clamped = _clamped(weight, bias, save_invstd, beta_floor, floor_scale)
+        if clamped is not None and floor_scale == "sigma":
+            d_input = d_input - torch.where(ch.view(clamped), beta_floor * a * s, 0) * projected
+    if need_input and ggw is not None:
+        term = ch.view(ggw) * s * delta
+        d_input = term if d_input is None else d_input + term
+    if need_weight and ggx is not None:
+        d_weight = save_invstd * ch.sum(ggx * delta)
+    return d_input, d_weight
 
 
 _batch_norm_backward = fast_apply(BatchNormBackward, _backward_op)

@@ -2,7 +2,8 @@
 import torch
 
 from .._utils import applier, memory_format_of, pair, register_autograd
-from ._bilinear import bilinear_double_backward, bilinear_sum
+from ._bilinear import bilinear_backward_tangent, bilinear_double_backward, bilinear_sum
+from ._vmap import fold, out_dims_of, unfold
 
 _ops = torch.ops.manual_ops
 
@@ -64,11 +65,24 @@ class Conv2dFunction(torch.autograd.Function):
     @staticmethod
     def jvp(ctx, d_input, d_weight, d_bias, *_):
         input, weight = ctx.saved_tensors
-        return bilinear_sum(lambda x, w, b: _ops.conv2d_forward(x, w, b, *ctx.conv_args), input, weight, d_input,
+        # conv2d's own applier: under torch.func (jacfwd, hessian) the tangents are vmapped and differentiated
+        return bilinear_sum(lambda x, w, b: _conv2d_apply(x, w, b, *ctx.conv_args), input, weight, d_input,
                             d_weight, d_bias, ctx.output_size, 1)
 
+    @staticmethod
+    def vmap(info, in_dims, input, weight, bias, stride, padding, dilation, groups):
+        x_bdim, w_bdim, b_bdim = in_dims[:3]
+        B = info.batch_size
+        if w_bdim is None and b_bdim is None:  # fold into N: the samples of all slices in one batch
+            output = _conv2d_apply(fold(input, x_bdim, B, 0), weight, bias, stride, padding, dilation, groups)
+            return unfold(output, 0, B), 0
+        # fold into groups: slice b's channels are groups b*groups.. of one grouped convolution
+        output = _conv2d_apply(fold(input, x_bdim, B, 1), fold(weight, w_bdim, B, 0), fold(bias, b_bdim, B, 0),
+                               stride, padding, dilation, B * groups)
+        return unfold(output, 1, B), 1
 
-_conv2d_apply = applier(Conv2dFunction, _ops.conv2d_forward)
+
+_conv2d_apply = applier(Conv2dFunction, _ops.conv2d_forward, autocast_to="lower")
 
 
 class Conv2dBackward(torch.autograd.Function):
@@ -85,9 +99,11 @@ class Conv2dBackward(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_output, input, weight, stride, padding, dilation, groups, _ = inputs
+        grad_output, input, weight, stride, padding, dilation, groups, output_mask = inputs
         ctx.save_for_backward(grad_output, input, weight)
+        ctx.save_for_forward(grad_output, input, weight)
         ctx.conv_args = (stride, padding, dilation, groups)
+        ctx.output_mask = output_mask
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -99,6 +115,28 @@ class Conv2dBackward(torch.autograd.Function):
             lambda gy, x, w, mask: Conv2dBackward.apply(gy, x, w, *args, mask),
             ctx.needs_input_grad, grad_output, input, weight, ggx, ggw, ggb, 1)
         return *grads, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_output, d_input, d_weight, *_):
+        grad_output, input, weight = ctx.saved_tensors
+        args = ctx.conv_args
+        return bilinear_backward_tangent(lambda gy, x, w, mask: Conv2dBackward.apply(gy, x, w, *args, mask),
+                                         ctx.output_mask, grad_output, input, weight, d_grad_output, d_input, d_weight)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, input, weight, stride, padding, dilation, groups, output_mask):
+        gy_bdim, x_bdim, w_bdim = in_dims[:3]
+        B = info.batch_size
+        if w_bdim is None and list(output_mask) == [True, False, False]:  # fold into N: grad_input is per sample
+            grad_input = Conv2dBackward.apply(fold(grad_output, gy_bdim, B, 0), fold(input, x_bdim, B, 0), weight,
+                                              stride, padding, dilation, groups, output_mask)[0]
+            return (unfold(grad_input, 0, B), None, None), (0, None, None)
+        # fold into groups (as the forward's): the grouped conv's grad_weight and grad_bias are the slices' stacked
+        grad_input, grad_weight, grad_bias = Conv2dBackward.apply(
+            fold(grad_output, gy_bdim, B, 1), fold(input, x_bdim, B, 1), fold(weight, w_bdim, B, 0), stride, padding,
+            dilation, B * groups, output_mask)
+        grads = (unfold(grad_input, 1, B), unfold(grad_weight, 0, B), unfold(grad_bias, 0, B))
+        return grads, out_dims_of(grads, (1, 0, 0))
 
 
 register_autograd("manual_ops::conv2d_forward", Conv2dFunction)

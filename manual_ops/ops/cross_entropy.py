@@ -3,6 +3,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._utils import applier, below_autograd, check_not_differentiable, fast_apply, register_autograd
+from ._vmap import fold, loop, out_dims_of, unfold, with_batch
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.cross_entropy_forward)
@@ -64,8 +65,26 @@ class CrossEntropyFunction(torch.autograd.Function):
         d_target = d_target if input.shape == target.shape else None  # class indices have no tangent
         return _contract_with_gradient(input, target, weight, lse, ctx.options, ctx.loss_size, d_input, d_target), None
 
+    @staticmethod
+    def vmap(info, in_dims, input, target, weight, reduction, ignore_index, label_smoothing):
+        B = info.batch_size
+        if in_dims[2] is not None:  # the op takes one class weight, the slices have their own: loop
+            return loop(B, in_dims, _cross_entropy_apply, input, target, weight, reduction, ignore_index,
+                        label_smoothing)
+        # fold into N, per-row losses ('none'); a slice's 'sum' is the sum of its rows, its 'mean' that over its
+        # own denominator
+        input, target = fold(input, in_dims[0], B, 0), fold(target, in_dims[1], B, 0)
+        loss, lse = _cross_entropy_apply(input, target, weight, "none", ignore_index, label_smoothing)
+        loss, lse = unfold(loss, 0, B), unfold(lse, 0, B)
+        if reduction != "none":
+            loss = loss.flatten(1).sum(1)
+        if reduction == "mean":
+            loss = loss / _mean_denominators(input, unfold(target, 0, B), weight, ignore_index)
+        return (loss, lse), (0, 0)
 
-_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True)
+
+_cross_entropy_apply = applier(CrossEntropyFunction, _ops.cross_entropy_forward, native_autograd=True,
+                               autocast_to=torch.float32)
 
 
 def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b):
@@ -73,7 +92,8 @@ def _contract_with_gradient(input, target, weight, lse, options, loss_size, a, b
     loss for tangents (a, b) of (input, target), and the grad w.r.t. grad_loss of
     ``<a, grad_input> + <b, grad_target>``. The gradient is cross_entropy_backward's at grad_loss = 1."""
     ones = input.new_ones(loss_size)
-    gx, gt = _ops.cross_entropy_backward(ones, input, target, weight, lse, *options, [a is not None, b is not None])
+    # the differentiable, vmappable op (jacfwd, hessian); with grad mode off (in backward) it is the op itself
+    gx, gt = _backward_apply(ones, input, target, weight, lse, *options, [a is not None, b is not None])
     total = (a * gx).sum(1) if a is not None else 0
     if b is not None:
         total = total + (b * gt).sum(1)
@@ -106,41 +126,89 @@ class CrossEntropyBackward(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        grad_loss, input, target, weight, lse, *options, _ = inputs
+        grad_loss, input, target, weight, lse, *options, output_mask = inputs
         ctx.save_for_backward(grad_loss, input, target, weight, lse)
+        ctx.save_for_forward(grad_loss, input, target, weight, lse)
         ctx.options = options
+        ctx.output_mask = output_mask
         ctx.set_materialize_grads(False)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, ggx, ggt):
         grad_loss, input, target, weight, lse = ctx.saved_tensors
-        reduction, ignore_index, eps = ctx.options
         needs = ctx.needs_input_grad
-        d_grad_loss = d_input = d_target = None
+        d_grad_loss = None
         if ggx is None and ggt is None:
             return d_grad_loss, None, None, None, None, None, None, None, None
         if needs[0]:
             d_grad_loss = _contract_with_gradient(input, target, weight, lse, ctx.options, grad_loss.shape, ggx, ggt)
-        if not (needs[1] or needs[2]):
-            return d_grad_loss, None, None, None, None, None, None, None, None
-        C = input.shape[1]
-        w = weight.view(1, C, *[1] * (input.dim() - 2)) if weight is not None else None
-        p = (input.double() - lse.unsqueeze(1)).exp().to(input.dtype)
-        row_total, rows_of_mean = _row_weight_totals(input, target, weight, eps, ignore_index)
-        u = grad_loss / rows_of_mean if reduction == "mean" else grad_loss
-        u = u.expand(lse.shape).unsqueeze(1)
-        ggx_p = (ggx * p).sum(1, keepdim=True) if ggx is not None else None
-        if needs[1]:
-            d_input = u * row_total.unsqueeze(1) * p * (ggx - ggx_p) if ggx is not None else None
-            if ggt is not None:
-                w_ggt = ggt * w if w is not None else ggt
-                through_lse = -u * (1 - eps) * (w_ggt - p * w_ggt.sum(1, keepdim=True))
-                d_input = through_lse if d_input is None else d_input + through_lse
-        if needs[2] and ggx is not None:
-            d_target = u * (1 - eps) * (ggx_p - ggx)
-            d_target = d_target * w if w is not None else d_target
+        d_input, d_target = _second_derivative_terms(*ctx.saved_tensors, ctx.options, ggx, ggt, needs[1], needs[2])
         return d_grad_loss, d_input, d_target, None, None, None, None, None, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_loss, d_input, d_target, *_):
+        r"""As :meth:`BatchNormBackward.jvp`: the backward again for the tangent of grad_loss, plus what
+        :meth:`backward` gives for (ggx, ggt) = (:math:`\dot x, \dot t`) (the Hessian of
+        :math:`\langle u, loss \rangle` is symmetric; it has no target-target block, the loss being linear
+        in the target)."""
+        grad_loss, input, target, weight, lse = ctx.saved_tensors
+        mask = list(ctx.output_mask)
+        d_target = d_target if input.shape == target.shape else None  # class indices have no tangent
+        tangents = [None, None]
+        if d_grad_loss is not None:
+            tangents = list(_backward_apply(d_grad_loss, input, target, weight, lse, *ctx.options, mask))
+        terms = _second_derivative_terms(*ctx.saved_tensors, ctx.options, d_input, d_target, *mask)
+        for i, term in enumerate(terms):
+            if term is not None:
+                tangents[i] = term if tangents[i] is None else tangents[i] + term
+        return tuple(tangents)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
+             output_mask):
+        B = info.batch_size
+        options = (ignore_index, label_smoothing, output_mask)
+        if in_dims[3] is not None:  # one class weight per call: loop, as the forward's
+            return loop(B, in_dims, _backward_apply, grad_loss, input, target, weight, lse, reduction, *options)
+        # fold into N, as the forward's: each row's grad_loss u is the slice's (over its denominator for 'mean')
+        rows = [fold(t, d, B, 0) for t, d in zip((input, target), in_dims[1:3])]
+        lse = fold(lse, in_dims[4], B, 0)
+        grad_loss = with_batch(grad_loss, in_dims[0], B)
+        if reduction == "mean":
+            denominators = _mean_denominators(rows[0], unfold(rows[1], 0, B), weight, ignore_index)
+            grad_loss = grad_loss / torch.where(denominators == 0, 1, denominators)  # all ignored: every term 0
+        if reduction != "none":
+            grad_loss = grad_loss.view(B, *[1] * lse.dim()).expand(unfold(lse, 0, B).shape)  # each row's
+        grads = _backward_apply(grad_loss.flatten(0, 1), *rows, weight, lse, "none", *options)
+        grads = tuple(unfold(g, 0, B) for g in grads)
+        return grads, out_dims_of(grads, 0)
+
+
+def _second_derivative_terms(grad_loss, input, target, weight, lse, options, ggx, ggt, need_input, need_target):
+    """The (input, target) grads of :class:`CrossEntropyBackward` for the grads (ggx, ggt) of its outputs
+    (None where not needed or zero); see its docstring."""
+    reduction, ignore_index, eps = options
+    d_input = d_target = None
+    if not (need_input or need_target) or (ggx is None and ggt is None):
+        return d_input, d_target
+    C = input.shape[1]
+    w = weight.view(1, C, *[1] * (input.dim() - 2)) if weight is not None else None
+    p = (input.double() - lse.unsqueeze(1)).exp().to(input.dtype)
+    row_total, rows_of_mean = _row_weight_totals(input, target, weight, eps, ignore_index)
+    u = grad_loss / rows_of_mean if reduction == "mean" else grad_loss
+    u = u.expand(lse.shape).unsqueeze(1)
+    ggx_p = (ggx * p).sum(1, keepdim=True) if ggx is not None else None
+    if need_input:
+        d_input = u * row_total.unsqueeze(1) * p * (ggx - ggx_p) if ggx is not None else None
+        if ggt is not None:
+            w_ggt = ggt * w if w is not None else ggt
+            through_lse = -u * (1 - eps) * (w_ggt - p * w_ggt.sum(1, keepdim=True))
+            d_input = through_lse if d_input is None else d_input + through_lse
+    if need_target and ggx is not None:
+        d_target = u * (1 - eps) * (ggx_p - ggx)
+        d_target = d_target * w if w is not None else d_target
+    return d_input, d_target
 
 
 def _row_weight_totals(input, target, weight, eps, ignore_index):
@@ -150,13 +218,26 @@ def _row_weight_totals(input, target, weight, eps, ignore_index):
     if input.shape == target.shape:  # class probabilities: q = w ((1 - eps) t + eps / C)
         q = (1 - eps) * target + eps / C
         q = q * weight.view(1, C, *[1] * (input.dim() - 2)) if weight is not None else q
-        return q.sum(1), target[:, 0].numel()
+        return q.sum(1), _mean_denominators(input, target[None], weight, ignore_index)[0]
     counted = target != ignore_index
     w_y = weight[torch.where(counted, target, 0)] if weight is not None else input.new_ones(target.shape)
     w_sum = weight.sum() if weight is not None else C
     total = torch.where(counted, eps / C * w_sum + (1 - eps) * w_y, 0)
-    D = torch.where(counted, w_y, 0).sum()
+    D = _mean_denominators(input, target[None], weight, ignore_index)[0]
     return total.to(input.dtype), torch.where(D == 0, 1, D)  # all rows ignored: every term is 0 anyway
+
+
+def _mean_denominators(input, target, weight, ignore_index):
+    r"""The mean's denominator D of each slice b of ``target[b]`` (a vmapped target, its slices' rows folded in
+    ``input``'s first dimension), as :func:`_row_weight_totals`'s: the slice's rows for probabilities, else
+    the summed weights :math:`w_{y_r}` of its non-ignored rows (0 when all are ignored: the loss is then NaN,
+    as torch's)."""
+    B = target.shape[0]
+    if input.shape == target.flatten(0, 1).shape:  # class probabilities
+        return input.new_full((B,), target[:, :, 0].numel() // B)
+    counted = target != ignore_index
+    w_y = weight[torch.where(counted, target, 0)] if weight is not None else input.new_ones(target.shape)
+    return torch.where(counted, w_y, 0).flatten(1).sum(1).to(input.dtype)
 
 
 _backward_apply = fast_apply(CrossEntropyBackward, _backward_op)

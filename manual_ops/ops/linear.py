@@ -2,7 +2,8 @@
 import torch
 
 from .._utils import applier, below_autograd, fast_apply, register_autograd
-from ._bilinear import bilinear_double_backward, bilinear_sum
+from ._bilinear import bilinear_backward_tangent, bilinear_double_backward, bilinear_sum
+from ._vmap import fold, loop, out_dims_of, unfold, with_batch
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.linear_forward)
@@ -53,8 +54,21 @@ class LinearFunction(torch.autograd.Function):
         # linear's own applier: under torch.func the tangents need the Python Function (not the C++ kernel)
         return bilinear_sum(_linear_apply, input, weight, d_input, d_weight, d_bias, ctx.output_size, -1)
 
+    @staticmethod
+    def vmap(info, in_dims, input, weight, bias):
+        x_bdim, w_bdim, b_bdim = in_dims
+        B = info.batch_size
+        if w_bdim is None and b_bdim is None:  # fold into the input's leading dimensions: one more of them
+            return _linear_apply(with_batch(input, x_bdim, B), weight, bias), 0
+        if x_bdim is None:  # fold into out_features: the slices' weights stacked are one weight
+            output = _linear_apply(input, fold(weight, w_bdim, B, 0), fold(bias, b_bdim, B, 0))
+            return unfold(output, output.dim() - 1, B), output.dim() - 1
+        # A vmapped input and weight: each slice is its own product x_b W_b^T; in one linear (one GEMM) they
+        # would come with all the cross products x_b W_c^T, B times the work, so loop.
+        return loop(B, in_dims, _linear_apply, input, weight, bias)
 
-_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True)
+
+_linear_apply = applier(LinearFunction, _ops.linear_forward, native_autograd=True, autocast_to="lower")
 
 
 class LinearBackward(torch.autograd.Function):
@@ -71,6 +85,8 @@ class LinearBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(*inputs[:3])
+        ctx.save_for_forward(*inputs[:3])
+        ctx.output_mask = inputs[3]
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -79,6 +95,40 @@ class LinearBackward(torch.autograd.Function):
         grads = bilinear_double_backward(LinearFunction.apply, LinearBackward.apply, ctx.needs_input_grad,
                                          grad_output, input, weight, ggx, ggw, ggb, -1)
         return *grads, None
+
+    @staticmethod
+    def jvp(ctx, d_grad_output, d_input, d_weight, _):
+        return bilinear_backward_tangent(_backward_apply, ctx.output_mask, *ctx.saved_tensors, d_grad_output,
+                                         d_input, d_weight)
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, input, weight, output_mask):
+        gy_bdim, x_bdim, w_bdim = in_dims[:3]
+        B = info.batch_size
+        mask = list(output_mask)
+        if w_bdim is not None or (x_bdim is not None and gy_bdim is not None and mask[1:] != [False, False]):
+            # each slice's grad_weight (x_b^T gy_b) or grad_input (gy_b W_b) is its own product, which one GEMM
+            # would compute only with all the cross products: loop
+            return loop(B, in_dims, _backward_apply, grad_output, input, weight, output_mask)
+        grad_input = grad_weight = grad_bias = None
+        if mask[0]:  # fold into the leading dimensions: grad_input is per row
+            grad_input = _backward_apply(with_batch(grad_output, gy_bdim, B), with_batch(input, x_bdim, B), weight,
+                                         [True, False, False])[0]
+        if (mask[1] or mask[2]) and x_bdim is None:
+            # fold into out_features (only grad_output vmapped): the stacked slices' grads are those of one linear
+            # whose weight is the B copies of the weight stacked
+            _, grad_weight, grad_bias = _backward_apply(fold(grad_output, gy_bdim, B, grad_output.dim() - 2), input,
+                                                        fold(weight, None, B, 0), [False, *mask[1:]])
+            grads = (grad_input, unfold(grad_weight, 0, B), unfold(grad_bias, 0, B))
+            return grads, out_dims_of(grads, 0)
+        if mask[1] or mask[2]:
+            # fold into in_features (only the input vmapped): grad_weight of one linear on the slices' features
+            # side by side, whose weight is the B copies of the weight side by side; grad_bias is the slices' own
+            _, grad_weight, grad_bias = _backward_apply(grad_output, fold(input, x_bdim, B, input.dim() - 2),
+                                                        fold(weight, None, B, 1), [False, *mask[1:]])
+            grads = (grad_input, unfold(grad_weight, 1, B), grad_bias)
+            return grads, out_dims_of(grads, (0, 1, None))
+        return (grad_input, None, None), (0, None, None)
 
 
 _backward_apply = fast_apply(LinearBackward, _backward_op)

@@ -2,6 +2,7 @@
 import torch
 
 from .._utils import applier, below_autograd, fast_apply
+from ._vmap import with_batch
 
 _ops = torch.ops.manual_ops
 _forward_op = below_autograd(_ops.relu_forward)
@@ -53,8 +54,13 @@ class ReLUFunction(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_input, _):
-        d_output = _ops.relu_backward(d_input, ctx.saved_tensors[0])
+        d_output = _backward_apply(d_input, ctx.saved_tensors[0])  # differentiable, vmappable (jacfwd, hessian)
         return d_input.copy_(d_output) if ctx.inplace else d_output
+
+    @staticmethod
+    def vmap(info, in_dims, input, inplace):
+        # elementwise: the vmapped dimension is one more dimension of the input, where it is
+        return _relu_apply(input, inplace), in_dims[0]
 
 
 _relu_apply = applier(ReLUFunction)
@@ -74,10 +80,22 @@ class ReLUBackward(torch.autograd.Function):
     @staticmethod
     def setup_context(ctx, inputs, output):
         ctx.save_for_backward(inputs[1])
+        ctx.save_for_forward(inputs[1])
 
     @staticmethod
     def backward(ctx, grad_grad_input):
         return ReLUBackward.apply(grad_grad_input, ctx.saved_tensors[0]), None
+
+    @staticmethod
+    def jvp(ctx, d_grad_output, _):
+        # linear in grad_output; the result's tangent contributes zero almost everywhere (as in backward)
+        return None if d_grad_output is None else ReLUBackward.apply(d_grad_output, ctx.saved_tensors[0])
+
+    @staticmethod
+    def vmap(info, in_dims, grad_output, result):
+        # elementwise: both get the vmapped dimension first (an expanded view where one is not vmapped)
+        B = info.batch_size
+        return ReLUBackward.apply(with_batch(grad_output, in_dims[0], B), with_batch(result, in_dims[1], B)), 0
 
 _backward_apply = fast_apply(ReLUBackward, _ops.relu_backward)
 
