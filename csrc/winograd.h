@@ -111,15 +111,20 @@ struct WinogradBlocks {
   int64_t col(int64_t t) const { return (t % tw) * 2; }
 };
 
+// A 1-D tensor of `numel` elements of `options` for scratch that does not outlive the call
+// (conv2d.cpp: the calling thread's reused buffer, when small enough).
+Tensor thread_scratch(int64_t numel, at::TensorOptions options);
+
 // Scratch of winograd_conv for up to `samples` samples of (OH, OW) outputs: V and M, in the opmath
-// dtype of `options`'.
+// dtype of `options`', both in one thread_scratch buffer (one WinogradScratch alive at a time).
 struct WinogradScratch {
   Tensor V, M;
   WinogradScratch(int64_t samples, int64_t OH, int64_t OW, int64_t K, int64_t N, at::TensorOptions options) {
     options = options.dtype(at::toOpMathType(c10::typeMetaToScalarType(options.dtype())));
     const int64_t tiles = WinogradBlocks(samples, OH, OW).count;
-    V = at::empty({16 * tiles * K}, options);
-    M = at::empty({16 * tiles * N}, options);
+    const Tensor buffer = thread_scratch(16 * tiles * (K + N), options);
+    V = buffer.narrow(0, 0, 16 * tiles * K);
+    M = buffer.narrow(0, 16 * tiles * K, 16 * tiles * N);
   }
 };
 
