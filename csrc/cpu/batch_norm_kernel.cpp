@@ -74,13 +74,11 @@ void nlc_rows_sums(const T* u, const T* v, int64_t rows, int64_t C, const opmath
 
 // out[j] = A * u[j] + B * (v[j] - Mu) + K over one run of n values, with the coefficients of one
 // channel (per_lane false) or of channel j (per_lane true: an NLC row); u or v may be null (that
-// term is dropped). Two vectors a step, so that a 16-bit T is stored a whole vector at a time; the
-// rest one vector at a time, the last by count.
+// term is dropped), stored by store_run.
 template <bool per_lane, typename T, typename opmath_t = opmath_of<T>>
 inline void affine_run(const T* u, const T* v, int64_t n, const opmath_t* A, const opmath_t* B, const opmath_t* Mu,
                        const opmath_t* K, T* out) {
   using Vec = OpVec<T>;
-  constexpr int64_t W = Vec::size();
   const Vec a(*A), b(*B), mu(*Mu), k(*K);
   auto at = [&](int64_t j, int64_t count) {
     const auto coef = [&](const Vec& one, const opmath_t* all) { return per_lane ? Vec::loadu(all + j, count) : one; };
@@ -89,12 +87,7 @@ inline void affine_run(const T* u, const T* v, int64_t n, const opmath_t* A, con
     if (u) y = fmadd(coef(a, A), load_opmath(u + j, count), y);
     return y;
   };
-  int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) store_opmath2(out + j, at(j, W), at(j + W, W));
-  for (; j < n; j += W) {
-    const int64_t count = std::min(W, n - j);
-    store_opmath(out + j, at(j, count), count);
-  }
+  store_run(out, n, at);
 }
 
 template <typename T, typename opmath_t = opmath_of<T>>

@@ -77,8 +77,6 @@ void pack_rows(const T* const* rows, int64_t kc, float* out) {
     for (int64_t w = 0; w < MR; ++w) out[p * MR + w] = static_cast<float>(rows[w][p]);
 }
 
-// Two vectors a step (a 16-bit C is stored a whole vector at a time), then one at a time, the last
-// by count.
 template <typename TC>
 void epilogue_row(TC* c, const float* a, int64_t n, float row_bias, const float* col_bias, bool accumulate) {
   const Vec rb(row_bias);
@@ -88,12 +86,7 @@ void epilogue_row(TC* c, const float* a, int64_t n, float row_bias, const float*
     if (accumulate) v = v + load_opmath(c + j, count);
     return v;
   };
-  int64_t j = 0;
-  for (; j + 2 * W <= n; j += 2 * W) store_opmath2(c + j, at(j, W), at(j + W, W));
-  for (; j < n; j += W) {
-    const int64_t count = std::min(W, n - j);
-    store_opmath(c + j, at(j, count), count);
-  }
+  store_run(c, n, at);
 }
 
 constexpr int level = static_cast<int>(Capability::CPU_CAPABILITY);

@@ -8,6 +8,7 @@
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
+#include <algorithm>
 #include <cstdint>
 
 namespace manual_ops {
@@ -48,6 +49,19 @@ inline void store_opmath(T* p, const OpVec<T>& v, int64_t count = OpVec<T>::size
     at::vec::convert_from_float<T>(v, v).store(p, count);
   } else {
     v.store(p, count);
+  }
+}
+
+// out[j] = value(j, count) over n values, `value` giving a vector of its first `count` lanes: two vectors
+// a step (for a 16-bit T, one whole vector of T stored at once), then one at a time, the last by count.
+template <typename T, typename F>
+inline void store_run(T* out, int64_t n, const F& value) {
+  constexpr int64_t W = OpVec<T>::size();
+  int64_t j = 0;
+  for (; j + 2 * W <= n; j += 2 * W) store_opmath2(out + j, value(j, W), value(j + W, W));
+  for (; j < n; j += W) {
+    const int64_t count = std::min(W, n - j);
+    store_opmath(out + j, value(j, count), count);
   }
 }
 

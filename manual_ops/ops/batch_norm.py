@@ -4,6 +4,7 @@ from torch.autograd.function import once_differentiable
 
 from .._utils import (applier, below_autograd, check_not_differentiable, fast_apply, memory_format_of,
                       register_autograd)
+from ._tangents import sum_tangents
 from ._vmap import fold, loop, out_dims_of, unfold
 
 _ops = torch.ops.manual_ops
@@ -244,10 +245,7 @@ class BatchNormBackward(torch.autograd.Function):
         if d_grad_output is not None:
             tangents = list(_batch_norm_backward(d_grad_output, *saved[1:], *ctx.bn_args, mask))
         terms = _second_derivative_terms(*saved, *ctx.bn_args, d_input, d_weight, mask[0], mask[1])
-        for i, term in enumerate(terms):
-            if term is not None:
-                tangents[i] = term if tangents[i] is None else tangents[i] + term
-        return tuple(tangents)
+        return sum_tangents(tangents, terms)
 
     @staticmethod
     def vmap(info, in_dims, grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,

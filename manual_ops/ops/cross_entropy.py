@@ -3,6 +3,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._utils import applier, below_autograd, check_not_differentiable, fast_apply, register_autograd
+from ._tangents import sum_tangents
 from ._vmap import fold, loop, out_dims_of, unfold, with_batch
 
 _ops = torch.ops.manual_ops
@@ -159,10 +160,7 @@ class CrossEntropyBackward(torch.autograd.Function):
         if d_grad_loss is not None:
             tangents = list(_backward_apply(d_grad_loss, input, target, weight, lse, *ctx.options, mask))
         terms = _second_derivative_terms(*ctx.saved_tensors, ctx.options, d_input, d_target, *mask)
-        for i, term in enumerate(terms):
-            if term is not None:
-                tangents[i] = term if tangents[i] is None else tangents[i] + term
-        return tuple(tangents)
+        return sum_tangents(tangents, terms)
 
     @staticmethod
     def vmap(info, in_dims, grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
