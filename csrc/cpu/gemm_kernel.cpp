@@ -61,9 +61,9 @@ void micro_kernel(int64_t kc, const float* __restrict a, const float* __restrict
 // elsewhere, whose first MR lanes per depth are then stored.
 template <typename T>
 void pack_rows(const T* const* rows, int64_t kc, float* out) {
+  alignas(64) float block[W * W] = {};  // rows MR.. stay zero; rows < MR are rewritten per step
   int64_t p = 0;
   for (; p + W <= kc; p += W) {
-    alignas(64) float block[W * W] = {};
     for (int64_t w = 0; w < MR; ++w) load_opmath(rows[w] + p).store(block + w * W);
 #if defined(CPU_CAPABILITY_AVX512)
     at::vec::transpose_mxn<float>(block, W, out + p * MR, MR, MR, W);

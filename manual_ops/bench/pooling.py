@@ -15,11 +15,11 @@ FIXED_SHAPES = [(32, 64, 32, 32), (32, 128, 16, 16)]
 ADAPTIVE_SHAPES = [(32, 512, 4, 4), (32, 256, 8, 8)]
 
 
-def _case(name, make, shape, memory_format, dtype):
+def _case(name, make, shape, memory_format, dtype, family="pool"):
     x = torch.randn(shape).to(dtype=dtype, memory_format=memory_format).requires_grad_()
     ours, builtin = make(mF), make(F)
     grad = torch.randn_like(builtin(x))
-    return Case("pool", f"{name} {tuple(shape)}", forward_backward(lambda: ours(x), (x,), grad),
+    return Case(family, f"{name} {tuple(shape)}", forward_backward(lambda: ours(x), (x,), grad),
                 forward_backward(lambda: builtin(x), (x,), grad))
 
 
