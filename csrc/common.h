@@ -25,6 +25,24 @@ inline at::MemoryFormat memory_format_of(const Tensor& t) {
   return is_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
+// A dense copy of `t` (itself when already dense): dense tensors of equal strides can be walked as
+// flat arrays of numel() elements from data_ptr() (the elementwise ops: relu, the activations).
+inline Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t); }
+
+// `t` with the strides of the dense `like` (itself when it has them already).
+inline Tensor strided_like(const Tensor& t, const Tensor& like) {
+  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
+}
+
+// The dense tensor whose strides an elementwise op's result takes, as torch's TensorIterator picks them for
+// two operands: the first one's where it is dense, else the second's (a dense copy of it when it is not
+// dense itself: an expanded gradient of a sum, say, has no order of its own). Which operand comes first
+// follows torch's kernel: threshold_backward(self, grad) for relu, sigmoid_backward(grad, output) and the
+// like for the activations.
+inline Tensor elementwise_layout(const Tensor& first, const Tensor& second) {
+  return first.is_non_overlapping_and_dense() ? first : dense(second);
+}
+
 // Every kernel runs in these four dtypes: float32 and float64, and bfloat16 and float16,
 // which are only storage: arithmetic on them is done in float32 (at::opmath_type<scalar_t>).
 #define MANUAL_OPS_DISPATCH_FLOATING(TYPE, NAME, ...) \

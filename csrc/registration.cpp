@@ -111,6 +111,15 @@ TORCH_LIBRARY(manual_ops, m) {
   m.def("relu_(Tensor(a!) self) -> ()");
   // relu's backward takes the output (not the input), which relu_ leaves in place of the input.
   m.def("relu_backward(Tensor grad_output, Tensor result) -> Tensor");
+  // The activation family (csrc/activation.cpp): `activation` names it (sigmoid, tanh, silu, gelu, gelu_tanh,
+  // leaky_relu, elu, hardtanh, hardswish, hardsigmoid, softplus); alpha and beta are its options. `saved` is the
+  // output for sigmoid, tanh and hardtanh, else the input.
+  m.def("activation_forward(Tensor input, str activation, float alpha, float beta) -> Tensor");
+  m.def("activation_(Tensor(a!) self, str activation, float alpha, float beta) -> ()");
+  m.def("activation_backward(Tensor grad_output, Tensor saved, str activation, float alpha, float beta) -> Tensor");
+  m.def(
+      "activation_double_backward(Tensor grad_output, Tensor saved, Tensor grad_grad_input, str activation, "
+      "float alpha, float beta) -> Tensor");
   // Returns (loss, lse): lse is the float64 log-sum-exp of each row's logits, for the backward.
   m.def(
       "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, int ignore_index, "

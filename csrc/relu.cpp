@@ -10,10 +10,6 @@ MANUAL_OPS_DEFINE_KERNEL(relu_backward_stub);
 
 namespace {
 
-// A dense copy of `t` (itself when already dense). Dense tensors of equal strides
-// can be walked as flat arrays of numel() elements from data_ptr().
-Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t); }
-
 Tensor relu_forward(const Tensor& input) {
   check_floating("relu", "input", input);
   const Tensor x = dense(input);
@@ -42,10 +38,9 @@ Tensor relu_backward(const Tensor& grad_output, const Tensor& result) {
   check_same_dtype(op, "result", result, "grad_output", grad_output);
   TORCH_CHECK(grad_output.sizes() == result.sizes(), op, ": expected grad_output of size ", result.sizes(),
               ", but got grad_output of size ", grad_output.sizes());
-  const Tensor y = dense(result);
-  const Tensor dy = grad_output.strides() == y.strides() ? grad_output : at::empty_like(y).copy_(grad_output);
-  Tensor dx = at::empty_like(y);
-  relu_backward_stub(y, dy, dx);
+  const Tensor layout = elementwise_layout(result, grad_output);
+  Tensor dx = at::empty_like(layout);
+  relu_backward_stub(strided_like(result, layout), strided_like(grad_output, layout), dx);
   return dx;
 }
 

@@ -1,5 +1,6 @@
 """Argument normalisation shared by the functional ops and modules."""
 import torch
+from torch import _prims_common
 from torch._functorch import utils as _functorch_utils
 from torch.autograd import forward_ad as _forward_ad
 
@@ -11,6 +12,13 @@ def is_channels_last(t: torch.Tensor) -> bool:
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.channels_last if is_channels_last(t) else torch.contiguous_format
+
+
+def elementwise_layout(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Mirrors ``elementwise_layout`` in csrc/common.h: the tensor whose strides an elementwise op's result
+    takes (``torch.empty_like`` of it), as torch's TensorIterator picks them for two operands: the first
+    one's where it is dense, else the second's."""
+    return first if _prims_common.is_non_overlapping_and_dense_or_false(first) else second
 
 
 def pair(value, name: str, op: str = "convolution") -> tuple[int, int]:
@@ -35,6 +43,17 @@ def check_not_differentiable(op: str, name: str, t) -> None:
     if t is not None and t.requires_grad and torch.is_grad_enabled():
         raise RuntimeError(f"The function '{op}' is not differentiable with respect to argument '{name}'. "
                            "This input cannot have requires_grad True.")
+
+
+def check_inplace_allowed(input) -> None:
+    """Raises torch's error for an in-place op on a leaf that requires grad (or a view of one), before the
+    op runs: ``torch.autograd.Function`` would detect it only after its forward had overwritten the input
+    (under torch.compile, AOTAutograd checks it while tracing)."""
+    if torch.is_grad_enabled() and input.requires_grad and not torch.compiler.is_compiling():
+        if input.is_leaf:
+            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
+        if input._is_view() and input._base.is_leaf:
+            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
 
 
 def register_autograd(op: str, function: type) -> None:

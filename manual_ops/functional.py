@@ -1,4 +1,18 @@
 """Functional ops with hand-written backward passes; names and signatures follow torch.nn.functional."""
+from .ops.activation import (
+    ActivationFunction,
+    elu,
+    gelu,
+    hardsigmoid,
+    hardswish,
+    hardtanh,
+    leaky_relu,
+    relu6,
+    sigmoid,
+    silu,
+    softplus,
+    tanh,
+)
 from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
 from .ops.conv2d import Conv2dFunction, conv2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
@@ -16,6 +30,7 @@ from .ops.relu import ReLUFunction, relu
 from .ops.sync_batch_norm import SyncBatchNormFunction, sync_batch_norm
 
 __all__ = [
+    "ActivationFunction",
     "AdaptiveAvgPool2dFunction",
     "AvgPool2dFunction",
     "BatchNormFunction",
@@ -31,9 +46,20 @@ __all__ = [
     "clamped_batch_norm",
     "conv2d",
     "cross_entropy",
+    "elu",
+    "gelu",
+    "hardsigmoid",
+    "hardswish",
+    "hardtanh",
+    "leaky_relu",
     "linear",
     "max_pool2d",
     "max_pool2d_with_indices",
     "relu",
+    "relu6",
+    "sigmoid",
+    "silu",
+    "softplus",
     "sync_batch_norm",
+    "tanh",
 ]

@@ -1,5 +1,18 @@
 """Modules with hand-written backward passes; names, arguments and state_dicts follow torch.nn."""
-from .modules.activation import ReLU
+from .modules.activation import (
+    ELU,
+    GELU,
+    Hardsigmoid,
+    Hardswish,
+    Hardtanh,
+    LeakyReLU,
+    ReLU,
+    ReLU6,
+    SiLU,
+    Sigmoid,
+    Softplus,
+    Tanh,
+)
 from .modules.batch_norm import BatchNorm2d, ClampedBatchNorm2d
 from .modules.conv import Conv2d
 from .modules.linear import Linear
@@ -15,8 +28,19 @@ __all__ = [
     "ClampedSyncBatchNorm",
     "Conv2d",
     "CrossEntropyLoss",
+    "ELU",
+    "GELU",
+    "Hardsigmoid",
+    "Hardswish",
+    "Hardtanh",
+    "LeakyReLU",
     "Linear",
     "MaxPool2d",
     "ReLU",
+    "ReLU6",
+    "SiLU",
+    "Sigmoid",
+    "Softplus",
     "SyncBatchNorm",
+    "Tanh",
 ]

@@ -20,6 +20,7 @@ PORTABLE_RUNS = {
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
     "relu": ["tests/test_relu.py", "-k", "nan_and_signed_zero or parity or property"],
+    "activations": ["tests/test_activations.py", "-k", "special_values or parity_float32 or low_precision"],
     "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy or pool"],
 }
 

@@ -1,7 +1,7 @@
 """relu: the autograd wiring around ``manual_ops::relu_forward`` / ``relu_`` / ``relu_backward``."""
 import torch
 
-from .._utils import applier, below_autograd, fast_apply
+from .._utils import applier, below_autograd, check_inplace_allowed, elementwise_layout, fast_apply
 from ._vmap import with_batch
 
 _ops = torch.ops.manual_ops
@@ -20,7 +20,7 @@ def _relu_inplace_fake(self):
 
 @torch.library.register_fake("manual_ops::relu_backward")
 def _relu_backward_fake(grad_output, result):
-    return torch.empty_like(result)
+    return torch.empty_like(elementwise_layout(result, grad_output))
 
 
 class ReLUFunction(torch.autograd.Function):
@@ -123,11 +123,6 @@ def relu(input, inplace=False):
         - Input: :math:`(*)`, any shape.
         - Output: :math:`(*)`, the same shape (and strides, for dense inputs) as the input.
     """
-    if inplace and torch.is_grad_enabled() and input.requires_grad and not torch.compiler.is_compiling():
-        # autograd.Function would detect these only after the forward has overwritten the input
-        # (under torch.compile, AOTAutograd checks them while tracing).
-        if input.is_leaf:
-            raise RuntimeError("a leaf Variable that requires grad is being used in an in-place operation.")
-        if input._is_view() and input._base.is_leaf:
-            raise RuntimeError("a view of a leaf Variable that requires grad is being used in an in-place operation.")
+    if inplace:
+        check_inplace_allowed(input)
     return _relu_apply(input, inplace)
