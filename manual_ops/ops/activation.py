@@ -4,8 +4,9 @@ gelu, leaky_relu, elu, hardtanh, relu6, hardswish, hardsigmoid, softplus).
 
 Each activation is named by a string and two floats ``(alpha, beta)``, its options (see
 csrc/cpu/activation_kernel.h). Its backward is ``f'(s) * grad_output``, where the saved ``s`` is the
-output for sigmoid, tanh and hardtanh (as torch's, so that in-place use costs no copy) and the input
-for the others (in-place use then saves a copy of the input first, as torch's autograd does).
+output for sigmoid, tanh, hardtanh and in-place leaky_relu with a slope >= 0 (as torch's, so that in-place
+use costs no copy) and the input for the others (in-place use then saves a copy of the input first, as
+torch's autograd does).
 Derivations: docs/derivations.md, "Activations".
 """
 import torch
@@ -19,6 +20,13 @@ _forward_op = below_autograd(_ops.activation_forward)
 
 # The activations whose derivative is written in their output.
 SAVES_OUTPUT = frozenset({"sigmoid", "tanh", "hardtanh"})
+
+
+def _saves_output(activation, alpha, inplace) -> bool:
+    """Whether the backward is given the output: for SAVES_OUTPUT, and for in-place leaky_relu with a slope
+    alpha >= 0, whose f' = [x > 0 ? 1 : alpha] is the same function of y (y > 0 exactly where x > 0), as
+    torch's leaky_relu_ saves its result. Then in place needs no copy of the input."""
+    return activation in SAVES_OUTPUT or (inplace and activation == "leaky_relu" and alpha >= 0)
 # The piecewise-linear ones: f'' = 0, so their backward does not depend on the saved tensor's value
 # in a differentiable way (as torch's, the double backward gives the saved tensor no gradient).
 PIECEWISE_LINEAR = frozenset({"leaky_relu", "hardtanh", "hardsigmoid"})
@@ -68,7 +76,8 @@ class ActivationFunction(torch.autograd.Function):
         input, ctx.activation, ctx.alpha, ctx.beta, ctx.inplace, original = inputs
         if ctx.inplace:
             ctx.mark_dirty(input)
-        saved = output if ctx.activation in SAVES_OUTPUT else input if original is None else original
+        saved = output if _saves_output(ctx.activation, ctx.alpha, ctx.inplace) else \
+            input if original is None else original
         ctx.save_for_backward(saved)
         ctx.save_for_forward(saved)
 
@@ -216,7 +225,7 @@ def _activation(input, activation, alpha=0.0, beta=0.0, inplace=False):
     check_inplace_allowed(input)
     # A derivative written in the input needs it after the in-place forward has overwritten it: a copy is
     # kept, as torch's autograd keeps one of silu_'s or hardswish_'s input.
-    keep = activation not in SAVES_OUTPUT and _records_derivative(input)
+    keep = not _saves_output(activation, alpha, True) and _records_derivative(input)
     return _function_apply(input, activation, alpha, beta, True, input.clone() if keep else None)
 
 
