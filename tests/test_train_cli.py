@@ -176,6 +176,34 @@ def test_float64_runs_agree_to_rounding(tmp_path):
     assert runs["manual"]["final"]["train_loss"] == pytest.approx(runs["built-in"]["final"]["train_loss"], rel=1e-9)
 
 
+class _ReluProbe(nn.Module):
+    """A model whose forward calls F.relu, recording per training step whether it is the manual run (its Linear
+    converted) and the backward node F.relu gave."""
+
+    steps = []
+
+    def __init__(self, in_channels, num_classes, input_size):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * input_size[0] * input_size[1], num_classes)
+
+    def forward(self, x):
+        out = nn.functional.relu(self.fc(x.flatten(1)))
+        if out.requires_grad:
+            _ReluProbe.steps.append((isinstance(self.fc, manual_ops.nn.Linear), out.grad_fn.name()))
+        return out
+
+
+@pytest.mark.parametrize("enable", [False, True])
+def test_enable_runs_the_manual_forward_in_the_mode(tmp_path, monkeypatch, capsys, enable):
+    monkeypatch.setitem(models.MODELS, "relu-probe", _ReluProbe)
+    monkeypatch.setattr(_ReluProbe, "steps", [])
+    assert _run(tmp_path, "--model", "relu-probe", *(["--enable"] if enable else [])) == 0
+    assert ("the manual run inside manual_ops.enable()" in capsys.readouterr().out) == enable
+    manual_relu = "ReLUFunctionBackward" if enable else "ReluBackward0"
+    assert set(_ReluProbe.steps) == {(False, "ReluBackward0"), (True, manual_relu)}
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["enable"] == enable
+
+
 @pytest.mark.parametrize("setup,args,message", [
     (None, ["--model", "resnet50"], "error: unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16"),
     (None, ["--data", "cifar10:/no/such/folder"], "error: cifar10: /no/such/folder is not a folder"),
