@@ -6,7 +6,9 @@ _C = _load()
 
 from . import functional, nn  # noqa: E402
 from .convert import convert, convert_sync_batchnorm, converted_modules, revert  # noqa: E402
+from .graph import builtin_backward_nodes  # noqa: E402
 from .modules.batch_norm import clamp_beta_, register_clamp_beta_hook  # noqa: E402
+from .routing import enable  # noqa: E402
 
 
 
@@ -37,6 +39,7 @@ def low_precision_gemm(dtype) -> str:
     return _C.low_precision_gemm(names[dtype])
 
 
-__all__ = ["clamp_beta_", "convert", "cpu_capability", "convert_sync_batchnorm", "converted_modules", "functional",
-           "low_precision_gemm", "nn", "register_clamp_beta_hook", "revert"]
+__all__ = ["builtin_backward_nodes", "clamp_beta_", "convert", "cpu_capability", "convert_sync_batchnorm",
+           "converted_modules", "enable", "functional", "low_precision_gemm", "nn", "register_clamp_beta_hook",
+           "revert"]
 __version__ = "0.1.0"

@@ -11,7 +11,8 @@ import functools
 from torch import nn
 
 from . import nn as mnn
-from .modules.batch_norm import ClampedShift
+from .modules._swap import check_devices, same_state_as, swap
+from .modules.sync_batch_norm import CLAMPED, TO_SYNC, batch_norm_as, to_sync
 
 # The built-in layer kinds that manual_ops replaces (same class names in torch.nn and manual_ops.nn).
 _KINDS = ["Conv2d", "BatchNorm2d", "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "ReLU",
@@ -21,84 +22,6 @@ TO_MANUAL = {getattr(nn, k): getattr(mnn, k) for k in _KINDS}
 TO_BUILTIN = {ours: builtin for builtin, ours in TO_MANUAL.items()}
 TO_BUILTIN[mnn.ClampedBatchNorm2d] = nn.BatchNorm2d
 TO_BUILTIN[mnn.ClampedSyncBatchNorm] = nn.SyncBatchNorm
-
-# convert_sync_batchnorm: these batch norms (exact types) become SyncBatchNorm, the clamped ones ClampedSyncBatchNorm.
-TO_SYNC = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, mnn.BatchNorm2d, mnn.SyncBatchNorm}
-CLAMPED = {mnn.ClampedBatchNorm2d, mnn.ClampedSyncBatchNorm}
-
-
-def _same_state_as(module, cls):
-    """A ``cls`` instance sharing ``module``'s attributes: its parameters, buffers, children,
-    mode and hooks (the containers are copied, the tensors in them are not)."""
-    new = cls.__new__(cls)
-    new.__dict__.update({k: v.copy() if isinstance(v, (dict, set)) else v for k, v in module.__dict__.items()})
-    return new
-
-
-def _batch_norm_as(module, cls, process_group=None, floor=None):
-    """``module`` (a batch norm) as a ``cls`` one sharing its state (see _same_state_as). A clamped ``cls``
-    gets ``floor`` = (beta_floor, floor_scale), or ``module``'s own when None; a synchronised one
-    ``process_group``; options ``cls`` lacks are dropped."""
-    new = _same_state_as(module, cls)
-    for name in ("beta_floor", "floor_scale", "process_group"):
-        new.__dict__.pop(name, None)
-    if issubclass(cls, ClampedShift):
-        new.beta_floor, new.floor_scale = new._checked_floor(*(floor or (module.beta_floor, module.floor_scale)))
-    if issubclass(cls, (nn.SyncBatchNorm, mnn.SyncBatchNorm)):
-        new.process_group = process_group
-    return new
-
-
-def _to_sync(module, process_group, clamped_beta=None):
-    """``module`` as manual_ops' SyncBatchNorm (clamped ones, or all when ``clamped_beta`` is given: the
-    clamped variant), or None when it is not a batch norm that convert_sync_batchnorm converts."""
-    if type(module) in CLAMPED:
-        return _batch_norm_as(module, mnn.ClampedSyncBatchNorm, process_group)
-    if type(module) not in TO_SYNC:
-        return None
-    if clamped_beta is None:
-        return _batch_norm_as(module, mnn.SyncBatchNorm, process_group)
-    return _batch_norm_as(module, mnn.ClampedSyncBatchNorm, process_group, floor=(clamped_beta, "sigma"))
-
-
-def _swap(model, replace):
-    """Applies ``replace(module) -> new module or None`` to ``model`` and, top-down, to every submodule
-    (a module that appears twice is replaced by one new module, so sharing is kept)."""
-    new_root = replace(model)
-    if new_root is not None:
-        return new_root
-    done = {}  # id(old) -> (old, new or None); holding `old` keeps its id from being reused
-    for parent in model.modules():
-        for name, child in list(parent._modules.items()):
-            if child is None:
-                continue
-            if id(child) not in done:
-                done[id(child)] = (child, replace(child))
-            new = done[id(child)][1]
-            if new is not None:
-                parent._modules[name] = new
-    return model
-
-
-# Where manual_ops has kernels: the CPU, and the meta device (shapes only, through the fake kernels).
-SUPPORTED_DEVICES = ("cpu", "meta")
-
-
-def _check_devices(model: nn.Module, kinds) -> None:
-    """NotImplementedError, before anything is changed, if a layer of one of the types ``kinds`` (those a
-    conversion would replace) holds a parameter or buffer on a device that manual_ops has no kernels for."""
-    for name, module in model.named_modules():
-        if type(module) not in kinds:
-            continue
-        for tensor_name, t in [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]:
-            if t is not None and t.device.type not in SUPPORTED_DEVICES:
-                layer = f"{name}.{tensor_name}" if name else tensor_name
-                raise NotImplementedError(
-                    f"convert: {layer} ({type(module).__name__}) is on device '{t.device}', but manual_ops' "
-                    f"kernels run only on {' and '.join(SUPPORTED_DEVICES)}; move the model to the CPU first "
-                    f"(model.cpu()), or keep torch's built-in layers on that device"
-                )
-
 
 def convert(model: nn.Module, *, clamped_beta: float | None = None, sync_bn: bool = False,
             process_group=None) -> nn.Module:
@@ -115,20 +38,20 @@ def convert(model: nn.Module, *, clamped_beta: float | None = None, sync_bn: boo
     Raises:
         NotImplementedError: a layer to convert is on another device (cuda, mps, ...); nothing is changed.
     """
-    _check_devices(model, set(TO_MANUAL) | (TO_SYNC | CLAMPED if sync_bn else set()))
+    check_devices(model, set(TO_MANUAL) | (TO_SYNC | CLAMPED if sync_bn else set()))
 
     def replace(module):
         if sync_bn and (type(module) in TO_SYNC or type(module) in CLAMPED):
-            return _to_sync(module, process_group, clamped_beta)
+            return to_sync(module, process_group, clamped_beta)
         cls = TO_MANUAL.get(type(module))
         if cls is None:
             return None
         if clamped_beta is not None and cls in (mnn.BatchNorm2d, mnn.SyncBatchNorm):
             clamped = mnn.ClampedBatchNorm2d if cls is mnn.BatchNorm2d else mnn.ClampedSyncBatchNorm
-            return _batch_norm_as(module, clamped, getattr(module, "process_group", None), (clamped_beta, "sigma"))
-        return _same_state_as(module, cls)
+            return batch_norm_as(module, clamped, getattr(module, "process_group", None), (clamped_beta, "sigma"))
+        return same_state_as(module, cls)
 
-    return _swap(model, replace)
+    return swap(model, replace)
 
 
 def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
@@ -144,8 +67,7 @@ def convert_sync_batchnorm(module: nn.Module, process_group=None) -> nn.Module:
     Returns ``module``, or the new layer when ``module`` itself is a batch norm. Raises NotImplementedError,
     changing nothing, if a batch norm to convert is on a device manual_ops has no kernels for.
     """
-    _check_devices(module, TO_SYNC | CLAMPED)
-    return _swap(module, lambda m: _to_sync(m, process_group))
+    return mnn.SyncBatchNorm.convert_sync_batchnorm(module, process_group)
 
 
 def revert(model: nn.Module) -> nn.Module:
@@ -158,10 +80,10 @@ def revert(model: nn.Module) -> nn.Module:
         if cls is None:
             return None
         if cls in (nn.BatchNorm2d, nn.SyncBatchNorm):
-            return _batch_norm_as(module, cls, getattr(module, "process_group", None))
-        return _same_state_as(module, cls)
+            return batch_norm_as(module, cls, getattr(module, "process_group", None))
+        return same_state_as(module, cls)
 
-    return _swap(model, replace)
+    return swap(model, replace)
 
 
 def converted_modules(model: nn.Module) -> dict[str, type]:
@@ -186,7 +108,7 @@ def _keep_manual_ops_in_torch_convert_sync_batchnorm():
     @functools.wraps(torch_convert)
     def convert_sync_batchnorm(cls, module, process_group=None):
         if type(module) in TO_SYNC | CLAMPED and type(module) in TO_BUILTIN:  # a manual_ops batch norm
-            return _to_sync(module, process_group)
+            return to_sync(module, process_group)
         return torch_convert(cls, module, process_group)  # its recursion into children comes back here
 
     convert_sync_batchnorm.keeps_manual_ops = True

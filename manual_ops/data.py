@@ -8,6 +8,16 @@ import torch
 
 CIFAR_BATCHES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
+# The only globals a CIFAR-10 python batch (a dict of bytes, str, int lists and numpy arrays) refers to:
+# an ndarray's pickle (numpy 1.x's and 2.x's module names; protocol 5 rebuilds it from a buffer), and
+# Python 3's protocol-2 pickle of bytes. Dicts, lists, str, bytes and ints need none.
+CIFAR_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
 
 class DataError(Exception):
     """A data source that is missing, incomplete or unreadable; the message is one line for the user."""
@@ -50,10 +60,25 @@ def digits() -> Dataset:
     return Dataset("digits", train_x, torch.from_numpy(train_y).long(), test_x, torch.from_numpy(test_y).long(), 10)
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds nothing but what a CIFAR-10 batch holds, as ``torch.load(weights_only=True)``
+    builds nothing but tensors: a crafted file cannot run code. Any other global raises DataError."""
+
+    def __init__(self, file, path):
+        super().__init__(file, encoding="bytes")
+        self.path = path
+
+    def find_class(self, module, name):
+        if (module, name) not in CIFAR_GLOBALS:
+            raise DataError(f"refusing to load {module}.{name} from {self.path}: a CIFAR-10 batch holds only "
+                            f"dicts, lists, bytes, str, ints and numpy arrays")
+        return super().find_class(module, name)
+
+
 def _read_cifar_batch(path):
     try:
         with open(path, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
+            batch = _CifarUnpickler(f, path).load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):

@@ -6,7 +6,10 @@ the loss, accuracy and time of each are printed side by side. Outputs in ``--out
 (written atomically after every epoch; ``--resume`` continues from it). The state_dicts in
 the checkpoint load strictly into the built-in model. ``--amp bf16|fp16`` trains both under
 ``torch.autocast`` (float16 with a ``torch.amp.GradScaler``); ``--dtype float64`` trains both in
-float64, where the two runs agree to rounding for many steps.
+float64, where the two runs agree to rounding for many steps. ``--enable`` runs the manual network's
+forward and loss inside ``manual_ops.enable()``, so that torch functions its ``forward`` calls
+(``F.relu``, ...) run manual_ops' ops too; convert() has already swapped every layer of the bundled
+models, so for them it changes nothing but the time (the mode sees every torch call).
 
 Under ``torchrun --nproc-per-node=N -m manual_ops train``, both networks train with
 DistributedDataParallel (gloo: the networks run on CPU): each process takes its shard of every
@@ -15,6 +18,7 @@ DistributedSampler. ``--sync-bn`` synchronises the batch norms over the processe
 SyncBatchNorm for the manual network, torch's SyncBatchNorm for the built-in one where torch
 supports it (CUDA), else plain BatchNorm2d (per-process statistics). Only rank 0 prints and writes.
 """
+import contextlib
 import copy
 import json
 import math
@@ -28,7 +32,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DistributedSampler
 
-from . import models
+from . import models, routing
 from . import nn as mnn
 from .convert import convert
 
@@ -110,6 +114,7 @@ class Run:
     lr: float
     epochs: int
     amp: torch.dtype | None = None  # autocast dtype, or None
+    enable: bool = False  # forward inside manual_ops.enable()
     history: list = field(default_factory=list)
 
     def __post_init__(self):
@@ -122,11 +127,15 @@ class Run:
     def _autocast(self):
         return torch.autocast("cpu", dtype=self.amp or torch.bfloat16, enabled=self.amp is not None)
 
+    def _routing(self):
+        # the forward records the graph, so the backward runs what the forward chose without the mode
+        return routing.enable() if self.enable else contextlib.nullcontext()
+
     def step(self, x, y):
         """One SGD step; returns (loss, number correct). Gradients stay on the parameters until the next step."""
         self.model.train()
         self.optimizer.zero_grad(set_to_none=True)
-        with self._autocast():
+        with self._autocast(), self._routing():
             out = self.model(x)
             loss = self.loss_fn(out, y)
         if self.scaler is None:
@@ -146,7 +155,7 @@ class Run:
         x, y = x[procs.rank::procs.world_size], y[procs.rank::procs.world_size]
         total_loss, correct = 0.0, 0
         for i in range(0, len(x), batch_size):
-            with self._autocast():
+            with self._autocast(), self._routing():
                 out = self.net(x[i:i + batch_size])
                 total_loss += self.loss_fn(out, y[i:i + batch_size]).item() * len(out)
             correct += (out.argmax(1) == y[i:i + batch_size]).sum().item()
@@ -282,12 +291,13 @@ def _train(args, log, procs):
     batch_norms = {"built-in": builtin_bn,
                    "manual": "manual_ops.nn.SyncBatchNorm" if args.sync_bn else "manual_ops.nn.BatchNorm2d"}
     runs = {"built-in": Run(procs.wrap(builtin), nn.CrossEntropyLoss(), args.lr, args.epochs, amp),
-            "manual": Run(procs.wrap(manual), mnn.CrossEntropyLoss(), args.lr, args.epochs, amp)}
+            "manual": Run(procs.wrap(manual), mnn.CrossEntropyLoss(), args.lr, args.epochs, amp, args.enable)}
 
     if lead:
         os.makedirs(args.out, exist_ok=True)
     checkpoint_path = os.path.join(args.out, CHECKPOINT)
-    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs", "amp", "dtype")}
+    config = {k: getattr(args, k) for k in ("data", "model", "bn", "seed", "batch_size", "lr", "epochs", "amp", "dtype",
+                                            "enable")}
     start_epoch, first_step = 0, None
     if args.resume:
         if not os.path.isfile(checkpoint_path):
@@ -311,7 +321,7 @@ def _train(args, log, procs):
     log(f"{args.model} on {dataset.name}: {len(dataset.train_y)} train / {len(dataset.test_y)} test images of size "
         f"{dataset.in_channels}x{dataset.input_size[0]}x{dataset.input_size[1]}, batch {args.batch_size}, "
         f"lr {args.lr}, bn {args.bn}, {args.dtype}{f', autocast {args.amp}' if amp else ''}, "
-        f"{torch.get_num_threads()} threads")
+        f"{torch.get_num_threads()} threads{', the manual run inside manual_ops.enable()' if args.enable else ''}")
     if procs.world_size > 1:
         log(f"{procs.world_size} processes (DistributedDataParallel, gloo), {args.batch_size // procs.world_size} "
             f"images each per batch; batch norm: built-in {batch_norms['built-in']}, manual {batch_norms['manual']}")
@@ -387,6 +397,9 @@ def add_arguments(parser):
                         help="train both runs under torch.autocast to bfloat16 or float16 (float16 with a GradScaler)")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32",
                         help="dtype of the parameters and data; float64 for exact comparisons")
+    parser.add_argument("--enable", action="store_true",
+                        help="run the manual network's forward inside manual_ops.enable(), for a model whose forward "
+                             "calls torch functions (F.relu, ...): they run manual_ops' ops too")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default="runs/train", help="folder for curves.png, summary.json, checkpoint.pt")
     parser.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")

@@ -1,5 +1,7 @@
 """manual_ops.convert / revert: table-driven swaps that keep every tensor, flag and mode."""
+import ast
 import copy
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,6 +10,9 @@ from torch import nn
 import manual_ops
 from manual_ops import models
 from manual_ops.convert import TO_MANUAL, builtin_modules, converted_modules
+
+
+PACKAGE = Path(manual_ops.__file__).parent
 
 
 class MyReLU(nn.ReLU):
@@ -110,3 +115,27 @@ def test_clamped_beta_converts_batch_norms_to_clamped():
     model.load_state_dict(state, strict=True)
     manual_ops.revert(model)
     assert all(type(m) is nn.BatchNorm2d for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def _imports(path):
+    """Every module a source file imports, anywhere in it (function bodies too), by absolute name, and for
+    each ``from M import x``, ``M.x`` as well (x may be a submodule)."""
+    package = ".".join(path.relative_to(PACKAGE.parent).parts[:-1])
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            yield from (alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            base = package.rsplit(".", node.level - 1)[0] if node.level else ""
+            module = ".".join(filter(None, [base, node.module]))
+            yield module
+            yield from (f"{module}.{alias.name}" for alias in node.names)
+
+
+def test_layers_and_ops_never_import_convert():
+    """convert imports manual_ops.modules and manual_ops.ops, so they must not import it back (a cycle)."""
+    seen = set(_imports(PACKAGE / "modules" / "sync_batch_norm.py"))
+    assert "manual_ops.ops.sync_batch_norm.SyncBatchNormFunction" in seen  # `from ..ops.sync_batch_norm import`
+    files = [*(PACKAGE / "modules").rglob("*.py"), *(PACKAGE / "ops").rglob("*.py")]
+    cycles = {(str(f.relative_to(PACKAGE)), name) for f in files for name in _imports(f)
+              if name == "manual_ops.convert" or name.startswith("manual_ops.convert.")}
+    assert cycles == set()

@@ -1,14 +1,11 @@
 """Devices without manual_ops kernels get a clear NotImplementedError (ops and convert); meta works."""
-import importlib
-
 import pytest
 import torch
 from torch import nn
 
 import manual_ops
 from manual_ops import functional as mF, models
-
-convert_module = importlib.import_module("manual_ops.convert")  # manual_ops.convert is the function
+from manual_ops.modules import _swap
 
 OPS = sorted(n for n in torch._C._dispatch_get_all_op_names() if n.startswith("manual_ops::"))
 OTHER_DEVICES = ["CUDA", "HIP", "MPS", "XPU", "XLA", "Lazy", "HPU", "MTIA", "PrivateUse1"]
@@ -42,7 +39,7 @@ def test_meta_device_model_converts_and_runs():
 
 def test_convert_refuses_an_unsupported_device_before_changing_anything(monkeypatch):
     # Take the meta device out of the supported ones to exercise the refusal here (no GPU needed).
-    monkeypatch.setattr(convert_module, "SUPPORTED_DEVICES", ("cpu",))
+    monkeypatch.setattr(_swap, "SUPPORTED_DEVICES", ("cpu",))
     model = nn.Sequential(nn.Conv2d(1, 2, 3), nn.ReLU(), nn.Sequential(nn.BatchNorm2d(2).to("meta")))
     with pytest.raises(NotImplementedError, match=r"convert: 2\.0\.weight \(BatchNorm2d\) is on device 'meta', but "
                                                   r"manual_ops' kernels run only on cpu"):
@@ -70,7 +67,7 @@ def test_convert_of_a_cuda_model_raises_at_convert_time():
 
 
 def test_convert_sync_batchnorm_refuses_an_unsupported_device(monkeypatch):
-    monkeypatch.setattr(convert_module, "SUPPORTED_DEVICES", ("cpu",))
+    monkeypatch.setattr(_swap, "SUPPORTED_DEVICES", ("cpu",))
     model = nn.Sequential(nn.BatchNorm1d(3).to("meta"))
     for call in (lambda: manual_ops.convert(model, sync_bn=True), lambda: manual_ops.convert_sync_batchnorm(model)):
         with pytest.raises(NotImplementedError, match=r"0\.weight \(BatchNorm1d\) is on device 'meta'"):

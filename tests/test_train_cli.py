@@ -2,6 +2,7 @@
 import json
 import os
 import pickle
+import shlex
 import subprocess
 import sys
 
@@ -97,19 +98,23 @@ def test_batch_size_must_split_over_the_processes(tmp_path, monkeypatch, capsys)
     assert capsys.readouterr().err == "error: --batch-size 32 (the global batch) must be a multiple of the 3 processes\n"
 
 
-def _write_cifar(folder, n=6, skip=()):
+def _write_cifar(folder, n=6, skip=(), protocol=pickle.DEFAULT_PROTOCOL):
+    """CIFAR-10's six python batches in ``folder``, with the real ones' keys and types, ``n`` images each."""
     folder.mkdir(exist_ok=True)
     rng = np.random.default_rng(0)
     for name in data.CIFAR_BATCHES:
         if name in skip:
             continue
-        batch = {b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"labels": list(rng.integers(0, 10, n))}
+        batch = {b"batch_label": f"batch {name}", b"labels": rng.integers(0, 10, n).tolist(),
+                 b"data": rng.integers(0, 256, (n, 3072), dtype=np.uint8), b"filenames": [b"img.png"] * n}
         with open(folder / name, "wb") as f:
-            pickle.dump(batch, f)
+            pickle.dump(batch, f, protocol=protocol)
 
 
-def test_cifar_loader_reads_the_pickle_format(tmp_path):
-    _write_cifar(tmp_path / "c")
+# 2: the real batches' (written by Python 2); 5: numpy's out-of-band buffers, Python 3.14's default.
+@pytest.mark.parametrize("protocol", sorted({2, pickle.DEFAULT_PROTOCOL, pickle.HIGHEST_PROTOCOL}))
+def test_cifar_loader_reads_the_pickle_format(tmp_path, protocol):
+    _write_cifar(tmp_path / "c", protocol=protocol)
     ds = data.load(f"cifar10:{tmp_path / 'c'}")
     assert ds.train_x.shape == (30, 3, 32, 32) and ds.test_x.shape == (6, 3, 32, 32)
     assert ds.train_y.dtype == torch.int64 and ds.num_classes == 10
@@ -123,6 +128,29 @@ def test_cifar_loader_reads_the_pickle_format(tmp_path):
     expected = (first - mean[:, None, None]) / std[:, None, None]
     np.testing.assert_allclose(ds.train_x[0].numpy(), expected, atol=1e-5)
     assert ds.train_y[0].item() == raw[b"labels"][0]
+
+
+class _RunsCommand:
+    """Unpickles by calling os.system(command), as a crafted data file would."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+def test_cifar_loader_refuses_a_pickle_that_would_run_code(tmp_path):
+    _write_cifar(tmp_path / "c")
+    marker = tmp_path / "ran"
+    with open(tmp_path / "c" / "data_batch_1", "wb") as f:
+        pickle.dump({b"data": _RunsCommand(f"touch {shlex.quote(str(marker))}"), b"labels": []}, f)
+    message = (f"refusing to load {os.system.__module__}.system from {tmp_path / 'c' / 'data_batch_1'}: "
+               f"a CIFAR-10 batch holds only dicts, lists, bytes, str, ints and numpy arrays")
+    with pytest.raises(data.DataError) as e:
+        data.load(f"cifar10:{tmp_path / 'c'}")
+    assert str(e.value) == message
+    assert not marker.exists()
 
 
 @pytest.mark.parametrize("amp", ["bf16", "fp16"])
@@ -146,6 +174,34 @@ def test_float64_runs_agree_to_rounding(tmp_path):
         assert row["max_abs_diff"] <= 1e-12 * max(row["max_abs_grad"], 1.0)
     runs = summary["runs"]
     assert runs["manual"]["final"]["train_loss"] == pytest.approx(runs["built-in"]["final"]["train_loss"], rel=1e-9)
+
+
+class _ReluProbe(nn.Module):
+    """A model whose forward calls F.relu, recording per training step whether it is the manual run (its Linear
+    converted) and the backward node F.relu gave."""
+
+    steps = []
+
+    def __init__(self, in_channels, num_classes, input_size):
+        super().__init__()
+        self.fc = nn.Linear(in_channels * input_size[0] * input_size[1], num_classes)
+
+    def forward(self, x):
+        out = nn.functional.relu(self.fc(x.flatten(1)))
+        if out.requires_grad:
+            _ReluProbe.steps.append((isinstance(self.fc, manual_ops.nn.Linear), out.grad_fn.name()))
+        return out
+
+
+@pytest.mark.parametrize("enable", [False, True])
+def test_enable_runs_the_manual_forward_in_the_mode(tmp_path, monkeypatch, capsys, enable):
+    monkeypatch.setitem(models.MODELS, "relu-probe", _ReluProbe)
+    monkeypatch.setattr(_ReluProbe, "steps", [])
+    assert _run(tmp_path, "--model", "relu-probe", *(["--enable"] if enable else [])) == 0
+    assert ("the manual run inside manual_ops.enable()" in capsys.readouterr().out) == enable
+    manual_relu = "ReLUFunctionBackward" if enable else "ReluBackward0"
+    assert set(_ReluProbe.steps) == {(False, "ReluBackward0"), (True, manual_relu)}
+    assert json.loads((tmp_path / "summary.json").read_text())["config"]["enable"] == enable
 
 
 @pytest.mark.parametrize("setup,args,message", [

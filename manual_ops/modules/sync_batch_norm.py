@@ -1,8 +1,11 @@
-"""SyncBatchNorm as a drop-in for torch.nn.SyncBatchNorm (any backend, CPU included), and its clamped variant."""
+"""SyncBatchNorm as a drop-in for torch.nn.SyncBatchNorm (any backend, CPU included), its clamped variant, and the
+conversions between batch-norm kinds (convert_sync_batchnorm's, which manual_ops.convert uses too)."""
+from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from ..ops.sync_batch_norm import SyncBatchNormFunction, sync_group
-from .batch_norm import ClampedShift, local_forward, module_args
+from ._swap import check_devices, same_state_as, swap
+from .batch_norm import BatchNorm2d, ClampedBatchNorm2d, ClampedShift, local_forward, module_args
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -57,9 +60,10 @@ class SyncBatchNorm(_BatchNorm):
         """Converts every batch norm in ``module`` (torch's BatchNorm1d/2d/3d and SyncBatchNorm, manual_ops'
         BatchNorm2d and SyncBatchNorm: exact types) to :class:`SyncBatchNorm`, and manual_ops' clamped ones
         to :class:`ClampedSyncBatchNorm` with the same floor, in place; see :func:`manual_ops.convert_sync_batchnorm`.
-        Returns ``module``, or the new layer when ``module`` itself is a batch norm."""
-        from ..convert import convert_sync_batchnorm
-        return convert_sync_batchnorm(module, process_group)
+        Returns ``module``, or the new layer when ``module`` itself is a batch norm. Raises NotImplementedError,
+        changing nothing, if a batch norm to convert is on a device manual_ops has no kernels for."""
+        check_devices(module, TO_SYNC | CLAMPED)
+        return swap(module, lambda m: to_sync(m, process_group))
 
 
 class ClampedSyncBatchNorm(ClampedShift, SyncBatchNorm):
@@ -79,3 +83,34 @@ class ClampedSyncBatchNorm(ClampedShift, SyncBatchNorm):
         super().__init__(num_features, eps, momentum, affine, track_running_stats, process_group, device, dtype,
                          bias=bias)
         self.beta_floor, self.floor_scale = floor
+
+
+# convert_sync_batchnorm: these batch norms (exact types) become SyncBatchNorm, the clamped ones ClampedSyncBatchNorm.
+TO_SYNC = {nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm, BatchNorm2d, SyncBatchNorm}
+CLAMPED = {ClampedBatchNorm2d, ClampedSyncBatchNorm}
+
+
+def batch_norm_as(module, cls, process_group=None, floor=None):
+    """``module`` (a batch norm) as a ``cls`` one sharing its state (see same_state_as). A clamped ``cls``
+    gets ``floor`` = (beta_floor, floor_scale), or ``module``'s own when None; a synchronised one
+    ``process_group``; options ``cls`` lacks are dropped."""
+    new = same_state_as(module, cls)
+    for name in ("beta_floor", "floor_scale", "process_group"):
+        new.__dict__.pop(name, None)
+    if issubclass(cls, ClampedShift):
+        new.beta_floor, new.floor_scale = new._checked_floor(*(floor or (module.beta_floor, module.floor_scale)))
+    if issubclass(cls, (nn.SyncBatchNorm, SyncBatchNorm)):
+        new.process_group = process_group
+    return new
+
+
+def to_sync(module, process_group, clamped_beta=None):
+    """``module`` as manual_ops' SyncBatchNorm (clamped ones, or all when ``clamped_beta`` is given: the
+    clamped variant), or None when it is not a batch norm that convert_sync_batchnorm converts."""
+    if type(module) in CLAMPED:
+        return batch_norm_as(module, ClampedSyncBatchNorm, process_group)
+    if type(module) not in TO_SYNC:
+        return None
+    if clamped_beta is None:
+        return batch_norm_as(module, SyncBatchNorm, process_group)
+    return batch_norm_as(module, ClampedSyncBatchNorm, process_group, floor=(clamped_beta, "sigma"))
