@@ -105,6 +105,19 @@ ROUTES = (
     Route(mF.avg_pool2d, (F.avg_pool2d,), takes=_pooling),  # F.avg_pool2d is torch._C._nn.avg_pool2d
     Route(mF.adaptive_avg_pool2d, (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d), takes=_pooling),
     Route(mF.cross_entropy, (F.cross_entropy,), takes=_cross_entropy),
+    # The activations. F.sigmoid and F.tanh call Tensor.sigmoid / Tensor.tanh, so the mode sees those; their
+    # in-place spellings (torch.sigmoid_, Tensor.tanh_, ...) stay torch's, as ours take no `inplace`.
+    Route(mF.sigmoid, (torch.sigmoid, torch.Tensor.sigmoid)),
+    Route(mF.tanh, (torch.tanh, torch.Tensor.tanh)),
+    Route(mF.silu, (F.silu,), in_place=(torch._C._nn.silu_,)),
+    Route(mF.gelu, (F.gelu,)),  # F.gelu is torch._C._nn.gelu
+    Route(mF.leaky_relu, (F.leaky_relu, torch._C._nn.leaky_relu), in_place=(F.leaky_relu_,)),
+    Route(mF.elu, (F.elu, torch._C._nn.elu), in_place=(F.elu_,)),
+    Route(mF.hardtanh, (F.hardtanh, torch._C._nn.hardtanh), in_place=(F.hardtanh_,)),  # nn.ReLU6's call
+    Route(mF.relu6, (F.relu6, torch._C._nn.relu6)),
+    Route(mF.hardswish, (F.hardswish, torch._C._nn.hardswish), in_place=(torch._C._nn.hardswish_,)),
+    Route(mF.hardsigmoid, (F.hardsigmoid, torch._C._nn.hardsigmoid), in_place=(torch._C._nn.hardsigmoid_,)),
+    Route(mF.softplus, (F.softplus,)),  # F.softplus is torch._C._nn.softplus
 )
 
 
