@@ -25,7 +25,8 @@ ActivationArgs parse(const char* op, std::string_view name, double alpha, double
       {"elu", Activation::elu},               {"hardtanh", Activation::hardtanh},
       {"hardswish", Activation::hardswish},   {"hardsigmoid", Activation::hardsigmoid},
       {"softplus", Activation::softplus}};
-  const auto* found = std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& k) { return k.first == name; });
+  const auto* found =
+      std::find_if(std::begin(kNames), std::end(kNames), [&](const auto& k) { return k.first == name; });
   TORCH_CHECK_VALUE(found != std::end(kNames), op, ": unknown activation '", name,
                     "'; expected one of sigmoid, tanh, silu, gelu, gelu_tanh, leaky_relu, elu, hardtanh, "
                     "hardswish, hardsigmoid, softplus");

@@ -120,6 +120,11 @@ TORCH_LIBRARY(manual_ops, m) {
   m.def(
       "activation_double_backward(Tensor grad_output, Tensor saved, Tensor grad_grad_input, str activation, "
       "float alpha, float beta) -> Tensor");
+  // Dropout (csrc/dropout.cpp): `mask` holds bernoulli(1 - p) draws (0 or 1), of the input's shape or broadcasting
+  // to it (feature dropout); the backward multiplies by the same mask and scale.
+  m.def("dropout_forward(Tensor input, Tensor mask, float p) -> Tensor");
+  m.def("dropout_(Tensor(a!) self, Tensor mask, float p) -> ()");
+  m.def("dropout_backward(Tensor grad_output, Tensor mask, float p) -> Tensor");
   // Returns (loss, lse): lse is the float64 log-sum-exp of each row's logits, for the backward.
   m.def(
       "cross_entropy_forward(Tensor input, Tensor target, Tensor? weight, str reduction, int ignore_index, "

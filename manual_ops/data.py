@@ -83,7 +83,8 @@ def _read_cifar_batch(path):
         labels = np.asarray(batch[b"labels"], dtype=np.int64)
         if data.ndim != 2 or data.shape[1] != 3 * 32 * 32 or labels.shape != (data.shape[0],):
             raise ValueError(f"data of shape {data.shape} and labels of shape {labels.shape}")
-    except (OSError, ImportError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError, AttributeError) as e:
+    except (OSError, ImportError, pickle.UnpicklingError, EOFError, KeyError, TypeError, ValueError,
+            AttributeError) as e:
         raise DataError(f"{path} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from None
     if labels.size and (labels.min() < 0 or labels.max() > 9):
         raise DataError(f"{path} has labels outside 0..9")

@@ -16,6 +16,7 @@ from .ops.activation import (
 from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
 from .ops.conv2d import Conv2dFunction, conv2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
+from .ops.dropout import DropoutFunction, dropout, dropout2d
 from .ops.linear import LinearFunction, linear
 from .ops.pooling import (
     AdaptiveAvgPool2dFunction,
@@ -36,6 +37,7 @@ __all__ = [
     "BatchNormFunction",
     "Conv2dFunction",
     "CrossEntropyFunction",
+    "DropoutFunction",
     "LinearFunction",
     "MaxPool2dFunction",
     "ReLUFunction",
@@ -46,6 +48,8 @@ __all__ = [
     "clamped_batch_norm",
     "conv2d",
     "cross_entropy",
+    "dropout",
+    "dropout2d",
     "elu",
     "gelu",
     "hardsigmoid",

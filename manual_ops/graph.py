@@ -62,7 +62,9 @@ def builtin_backward_nodes(output: torch.Tensor) -> Counter:
     move, combine or convert values (:data:`NOT_COMPUTE`): ``AccumulateGrad``; views, reshapes, permutes,
     transposes, squeezes and expands; slices, selects, splits and unbinds; adds and subs; cats and
     stacks; clones, copies and conversions (``ToCopyBackward0``); nor products by a constant (one factor
-    needing no gradient), as torchvision's ``StochasticDepth`` multiplies by its random mask. Anything
+    needing no gradient), as torchvision's ``StochasticDepth`` multiplies by its random mask (torch's own
+    ``Dropout`` is such a product too, and so not reported: :func:`manual_ops.convert` and
+    :class:`manual_ops.enable` replace it by ``DropoutFunctionBackward``). Anything
     else is counted: torch's layers (``ConvolutionBackward0``, ``NativeBatchNormBackward0``), activations
     (``SigmoidBackward0``), reductions, ...
 

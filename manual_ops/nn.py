@@ -15,6 +15,7 @@ from .modules.activation import (
 )
 from .modules.batch_norm import BatchNorm2d, ClampedBatchNorm2d
 from .modules.conv import Conv2d
+from .modules.dropout import Dropout, Dropout2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
@@ -28,6 +29,8 @@ __all__ = [
     "ClampedSyncBatchNorm",
     "Conv2d",
     "CrossEntropyLoss",
+    "Dropout",
+    "Dropout2d",
     "ELU",
     "GELU",
     "Hardsigmoid",

@@ -118,6 +118,8 @@ ROUTES = (
     Route(mF.hardswish, (F.hardswish, torch._C._nn.hardswish), in_place=(torch._C._nn.hardswish_,)),
     Route(mF.hardsigmoid, (F.hardsigmoid, torch._C._nn.hardsigmoid), in_place=(torch._C._nn.hardsigmoid_,)),
     Route(mF.softplus, (F.softplus,)),  # F.softplus is torch._C._nn.softplus
+    Route(mF.dropout, (F.dropout,)),
+    Route(mF.dropout2d, (F.dropout2d,)),
 )
 
 

@@ -145,7 +145,8 @@ def _float32_error(fn, x, g, reference):
     y = fn(leaf)
     y.backward(g.float())
     out, dx = reference
-    return [((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item() for a, r in ((y, out), (leaf.grad, dx))]
+    return [((a.double() - r).abs().max() / r.abs().max().clamp_min(1e-30)).item()
+            for a, r in ((y, out), (leaf.grad, dx))]
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)

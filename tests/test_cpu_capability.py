@@ -21,6 +21,7 @@ PORTABLE_RUNS = {
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
     "relu": ["tests/test_relu.py", "-k", "nan_and_signed_zero or parity or property"],
     "activations": ["tests/test_activations.py", "-k", "special_values or parity_float32 or low_precision"],
+    "dropout": ["tests/test_dropout.py", "-k", "bit_for_bit and (contiguous or channels_last)"],
     "low precision": ["tests/test_low_precision.py", "-k", "conv2d or linear or batch_norm or relu or cross_entropy or pool"],
 }
 

@@ -74,6 +74,8 @@ def _cases():
         "F.hardsigmoid": (lambda a: F.hardsigmoid(a), [a]),
         "F.hardsigmoid(inplace=True)": (lambda a: F.hardsigmoid(a.clone(), inplace=True), [a]),
         "F.softplus": (lambda a: F.softplus(a, 2.0, 5.0), [a]),
+        "F.dropout": (lambda a: (torch.manual_seed(0), F.dropout(a, 0.3))[1], [a]),
+        "F.dropout2d": (lambda a: (torch.manual_seed(0), F.dropout2d(a, 0.3))[1], [a]),
     })
     for name, module, leaf in [
         ("nn.ReLU6", nn.ReLU6(), a), ("nn.SiLU", nn.SiLU(), a), ("nn.GELU", nn.GELU(), a),
@@ -103,10 +105,13 @@ def _grads(call, leaves):
 def test_each_spelling_runs_ours_with_torchs_values_and_grads(name):
     call, leaves = CASES[name]
     expected, expected_grads = _grads(call, leaves)
-    assert builtin_backward_nodes(expected[0])  # torch's own, outside the mode
+    # torch's own, outside the mode (torch's dropout is a product by its mask, which builtin_backward_nodes does
+    # not count, as StochasticDepth's: so there our node is checked for instead)
+    assert builtin_backward_nodes(expected[0]) or "dropout" in name
     with manual_ops.enable():
         outputs, grads = _grads(call, leaves)
     assert builtin_backward_nodes(outputs[0]) == Counter()
+    assert "dropout" not in name or outputs[0].grad_fn.name() == "DropoutFunctionBackward"
     # torch's float64 hardsigmoid multiplies by a float32 1/6 (tests/test_activations.py checks ours exactly)
     tolerance = dict(rtol=1e-7, atol=1e-8) if "hardsigmoid" in name else TIGHT
     torch.testing.assert_close(outputs, expected, **tolerance)

@@ -72,8 +72,11 @@ CASES = {
                                         lambda: (_cl(torch.randn(16, 128, 7, 7)).requires_grad_(),)),
     "relu": (mF.relu, lambda: (torch.randn(4, 16, 12, 12, requires_grad=True),)),
     "silu": (mF.silu, lambda: (torch.randn(4, 64, 12, 12, requires_grad=True),)),
+    "dropout": (lambda x: (torch.manual_seed(0), mF.dropout(x, 0.3))[1],
+                lambda: (torch.randn(4, 64, 12, 12, requires_grad=True),)),
     "gelu bfloat16": (mF.gelu, lambda: (torch.randn(4, 64, 12, 12, dtype=torch.bfloat16, requires_grad=True),)),
-    "hardswish_": (lambda x: mF.hardswish(x * 1, inplace=True), lambda: (torch.randn(4, 64, 12, 12, requires_grad=True),)),
+    "hardswish_": (lambda x: mF.hardswish(x * 1, inplace=True),
+                   lambda: (torch.randn(4, 64, 12, 12, requires_grad=True),)),
     "cross_entropy": (lambda x: mF.cross_entropy(x, torch.arange(64) % 100), lambda: (torch.randn(64, 100, requires_grad=True),)),
 }
 

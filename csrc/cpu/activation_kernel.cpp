@@ -4,11 +4,9 @@
 #include "cpu/activation_kernel.h"
 
 #include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <cmath>
-#include <tuple>
 
 #include "common.h"
 #include "cpu/vec_opmath.h"
@@ -16,8 +14,6 @@
 namespace manual_ops {
 namespace CPU_CAPABILITY {
 namespace {
-
-constexpr int64_t kGrain = 1 << 14;
 
 // Each activation: f(x); df(s) = f'(x) written in the saved s (x, or y = f(x) where noted); d2f(s) =
 // d(df(s))/ds, what the saved tensor's gradient is made of in the double backward. V is a vector of
@@ -156,19 +152,6 @@ void with_activation(const ActivationArgs& a, const Body& body) {
     case Activation::hardsigmoid: return body(Hardsigmoid<V>{});
     case Activation::softplus: return body(Softplus<V>{alpha, beta});
   }
-}
-
-// out[i] = value(in[0][i], in[1][i], ...) over out.numel() elements, in parallel chunks, each value a
-// vector of opmath lanes loaded from T (the last vector of a chunk by count).
-template <typename T, typename F, typename... In>
-void elementwise(const F& value, at::Tensor& out, const In&... in) {
-  T* dst = out.mutable_data_ptr<T>();
-  const auto src = std::make_tuple(in.template const_data_ptr<T>()...);
-  at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
-    store_run(dst + begin, end - begin, [&](int64_t j, int64_t count) {
-      return std::apply([&](const auto*... p) { return value(load_opmath(p + begin + j, count)...); }, src);
-    });
-  });
 }
 
 void activation_kernel(const at::Tensor& x, at::Tensor& y, const ActivationArgs& a) {

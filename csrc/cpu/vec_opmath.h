@@ -5,11 +5,14 @@
 #pragma once
 
 #include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <ATen/core/Tensor.h>
 #include <ATen/cpu/vec/functional.h>
 #include <ATen/cpu/vec/vec.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <tuple>
 
 namespace manual_ops {
 namespace CPU_CAPABILITY {
@@ -63,6 +66,21 @@ inline void store_run(T* out, int64_t n, const F& value) {
     const int64_t count = std::min(W, n - j);
     store_opmath(out + j, value(j, count), count);
   }
+}
+
+// out[i] = value(in[0][i], in[1][i], ...) over out.numel() elements of dense tensors of T with equal strides
+// (out may be one of them), in parallel chunks, each value a vector of opmath lanes loaded from T (the last
+// vector of a chunk by count): the loop of every elementwise kernel (activations, dropout).
+template <typename T, typename F, typename... In>
+void elementwise(const F& value, at::Tensor& out, const In&... in) {
+  constexpr int64_t kGrain = 1 << 14;
+  T* dst = out.mutable_data_ptr<T>();
+  const auto src = std::make_tuple(in.template const_data_ptr<T>()...);
+  at::parallel_for(0, out.numel(), kGrain, [&](int64_t begin, int64_t end) {
+    store_run(dst + begin, end - begin, [&](int64_t j, int64_t count) {
+      return std::apply([&](const auto*... p) { return value(load_opmath(p + begin + j, count)...); }, src);
+    });
+  });
 }
 
 }  // namespace CPU_CAPABILITY
