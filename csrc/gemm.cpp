@@ -378,22 +378,48 @@ bool onednn_has_micro_kernel(at::ScalarType t) {
 #endif
 }
 
+// Whether oneDNN's matmul (at::mm) has dot-product hardware for dtype t on this CPU: its micro-kernel's
+// (AMX), or AVX512-BF16 for bfloat16 / AVX512-FP16 for float16 alone, where brgemm cannot pack (could_pack
+// needs AMX in torch 2.13) but at::mm still runs oneDNN's dot-product kernels: on a Zen 4 (AVX512-BF16, no
+// AMX) a bfloat16 at::mm took a third to 0.4 of its float32 time, and about half of our GEMM's.
+bool onednn_has_matmul(at::ScalarType t) {
+  static const bool bf16 = __builtin_cpu_supports("avx512bf16");
+  static const bool fp16 = __builtin_cpu_supports("avx512fp16");
+  return onednn_has_micro_kernel(t) || (t == at::kBFloat16 ? bf16 : t == at::kHalf && fp16);
+}
+
+enum class Requested { none, onednn, own };
+
+// MANUAL_OPS_BF16_GEMM, read once: "onednn" or "own"; unset, or any other value (with a warning), none.
+Requested requested_gemm() {
+  static const Requested r = [] {
+    const char* value = std::getenv("MANUAL_OPS_BF16_GEMM");
+    if (value == nullptr) return Requested::none;
+    if (std::strcmp(value, "onednn") == 0) return Requested::onednn;
+    if (std::strcmp(value, "own") == 0) return Requested::own;
+    TORCH_WARN_ONCE("manual_ops: ignoring invalid value for MANUAL_OPS_BF16_GEMM: ", value, " (expected onednn or own)");
+    return Requested::none;
+  }();
+  return r;
+}
+
 }  // namespace
 
-// MANUAL_OPS_BF16_GEMM: "onednn" or "own", else (unset, or any other value, with a warning) oneDNN's micro-kernel wherever it has one
-// for the dtype (at::native::cpublas::could_pack: AMX-BF16 or AVX512-BF16 for bfloat16; AMX-FP16
-// or AVX512-FP16 for float16), our own GEMM elsewhere (at the avx2 level and above).
+// As requested by MANUAL_OPS_BF16_GEMM, else oneDNN wherever at::mm has dot-product hardware for the dtype
+// (onednn_has_matmul: AMX, AVX512-BF16 for bfloat16, AVX512-FP16 for float16), our own GEMM elsewhere (at
+// the avx2 level and above).
 LowPrecisionGemm low_precision_gemm(at::ScalarType t) {
-  static const char* requested = std::getenv("MANUAL_OPS_BF16_GEMM");
-  static const bool forced_onednn = requested != nullptr && std::strcmp(requested, "onednn") == 0;
-  static const bool forced_own = requested != nullptr && std::strcmp(requested, "own") == 0;
-  if (requested != nullptr && !forced_onednn && !forced_own) {
-    TORCH_WARN_ONCE("manual_ops: ignoring invalid value for MANUAL_OPS_BF16_GEMM: ", requested,
-                    " (expected onednn or own)");
-  }
+  const Requested requested = requested_gemm();
   TORCH_CHECK(is_reduced_floating(t), "manual_ops low_precision_gemm: expected bfloat16 or float16, but got ", t);
-  if (forced_onednn || (!forced_own && onednn_has_micro_kernel(t))) return LowPrecisionGemm::onednn;
+  if (requested == Requested::onednn || (requested == Requested::none && onednn_has_matmul(t))) {
+    return LowPrecisionGemm::onednn;
+  }
   return cpu_capability() != Capability::DEFAULT ? LowPrecisionGemm::own : LowPrecisionGemm::mm;
+}
+
+bool onednn_micro_kernel(at::ScalarType t) {
+  return low_precision_gemm(t) == LowPrecisionGemm::onednn &&
+         (onednn_has_micro_kernel(t) || requested_gemm() == Requested::onednn);
 }
 
 bool own_gemm(at::ScalarType t) {
@@ -454,7 +480,8 @@ void matmul(const Matrix& A, const Matrix& B, const Matrix& C, bool accumulate, 
   AT_DISPATCH_REDUCED_FLOATING_TYPES(t, "manual_ops_matmul", [&] {
     const View<const scalar_t> a{A.t.const_data_ptr<scalar_t>() + A.offset, A.rows, A.cols};
     const View<const scalar_t> b{B.t.const_data_ptr<scalar_t>() + B.offset, B.rows, B.cols};
-    const bool onednn = low_precision_gemm(t) == LowPrecisionGemm::onednn, hardware = onednn_has_micro_kernel(t);
+    // the other products: on oneDNN's micro-kernel, or else (AVX512-BF16 without AMX) on our GEMM
+    const bool hardware = onednn_has_micro_kernel(t), onednn = onednn_micro_kernel(t);
     const auto run = [&](auto* c_data) {
       using TC = std::remove_pointer_t<decltype(c_data)>;
       const View<TC> c{c_data + C.offset, C.rows, C.cols};

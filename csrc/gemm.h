@@ -45,11 +45,16 @@ struct Matrix {
   }
 };
 
-// How matmul() multiplies bfloat16 / float16 operands (MANUAL_OPS_BF16_GEMM, gemm.cpp): on oneDNN's
-// micro-kernel (AMX / AVX512-BF16 / AVX512-FP16) with our packing and blocking, with our AVX2 GEMM,
-// or by at::mm on float32 copies (no AVX2).
+// How matmul() multiplies bfloat16 / float16 operands (MANUAL_OPS_BF16_GEMM, gemm.cpp): on oneDNN (its
+// matmul for plain products; the others on its micro-kernel with our packing and blocking where it has one,
+// AMX, else on our GEMM), with our AVX2 GEMM, or by at::mm on float32 copies (no AVX2).
 enum class LowPrecisionGemm { onednn, own, mm };
 LowPrecisionGemm low_precision_gemm(at::ScalarType t);
+
+// Whether matmul()'s bfloat16 / float16 products other than the plain ones (accumulating, into float32, split
+// dimensions) run on oneDNN's micro-kernel with our blocking: where it has one (AMX), or where
+// MANUAL_OPS_BF16_GEMM=onednn asks for it (on a CPU without it, its plain loop: for the tests).
+bool onednn_micro_kernel(at::ScalarType t);
 
 // Whether matmul() runs our GEMM for dtype t, which reads and writes any Matrix view (else at::mm).
 bool own_gemm(at::ScalarType t);

@@ -36,7 +36,7 @@ namespace manual_ops {
 // multiplications they save), and kernel transforms U (16/9 of the weight's size, in the opmath
 // dtype) of at most kWinogradMaxWeightBytes: a 512x512 layer's 16.8 MB U raised a ResNet-18 step's
 // peak memory by 10% (its backward is where the peak is), for 15% of that layer's time. Not for
-// bfloat16 / float16 where matmul() runs them on oneDNN's micro-kernel (AMX): Winograd's GEMMs are
+// bfloat16 / float16 where matmul() runs them on oneDNN's micro-kernel (AMX; onednn_micro_kernel): Winograd's GEMMs are
 // float32 ones, and im2col's in the operands' dtype on that hardware measured faster.
 constexpr int64_t kWinogradMinChannels = 16;
 constexpr int64_t kWinogradMaxWeightBytes = 4 << 20;
@@ -45,7 +45,7 @@ inline bool use_winograd(const ConvGeometry& G, at::ScalarType t) {
   return G.kh == 3 && G.kw == 3 && G.sh == 1 && G.sw == 1 && G.dh == 1 && G.dw == 1 && G.groups == 1 &&
          std::max({G.pt, G.pl, G.pb, G.pr}) <= 2 && G.C >= kWinogradMinChannels && G.Cout >= kWinogradMinChannels &&
          16 * G.C * G.Cout * int64_t(c10::elementSize(at::toOpMathType(t))) <= kWinogradMaxWeightBytes &&
-         !(is_reduced_floating(t) && low_precision_gemm(t) == LowPrecisionGemm::onednn);
+         !(is_reduced_floating(t) && onednn_micro_kernel(t));
 }
 
 constexpr int64_t kWinogradChannelBlock = 64;  // channels transformed at once (the 4x4 scratch stays in L1)

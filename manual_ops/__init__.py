@@ -27,10 +27,11 @@ def cpu_capability() -> str:
 
 def low_precision_gemm(dtype) -> str:
     """How conv2d's and linear's GEMMs multiply ``dtype`` (``torch.bfloat16`` or ``torch.float16``) in this
-    process: ``"onednn"`` (oneDNN's micro-kernel, on AMX or AVX512-BF16/FP16, with our packing and blocking,
-    float32 sums), ``"own"`` (our AVX2/FMA GEMM in float32) or ``"mm"`` (``torch.mm`` on float32 copies, on a
-    CPU without AVX2). The default is ``"onednn"`` wherever oneDNN has a micro-kernel for the dtype on this
-    CPU; set ``MANUAL_OPS_BF16_GEMM=onednn`` or ``own`` before the import to choose (for both dtypes)."""
+    process: ``"onednn"`` (oneDNN's matmul for plain products, and its AMX micro-kernel with our packing and
+    blocking, or else our GEMM, for the others; float32 sums), ``"own"`` (our AVX2/FMA GEMM in float32) or
+    ``"mm"`` (``torch.mm`` on float32 copies, on a CPU without AVX2). The default is ``"onednn"`` wherever
+    oneDNN has dot-product hardware for the dtype on this CPU (AMX, AVX512-BF16 for bfloat16, AVX512-FP16 for
+    float16); set ``MANUAL_OPS_BF16_GEMM=onednn`` or ``own`` before the import to choose (for both dtypes)."""
     import torch
 
     names = {torch.bfloat16: "bfloat16", torch.float16: "float16"}
