@@ -14,11 +14,12 @@ namespace manual_ops {
 using at::IntArrayRef;
 using at::Tensor;
 
-// True when `t` is 4-D and laid out channels-last (NHWC in memory) but not also
-// plain contiguous. Outputs and gradients follow this rule, and the Python fake
-// kernels mirror it exactly.
+// True when `t` is 4-D and torch's layout rule, suggest_memory_format, calls it channels-last: it reads the
+// strides themselves, the size-1 dimensions' too, so that a tensor whose strides are ambiguous (C = 1, or
+// H = W = 1) keeps the layout it was made in, as in torch. Outputs and gradients follow this rule (conv2d's
+// when its input or its weight is channels-last, as torch's), and the Python fake kernels mirror it exactly.
 inline bool is_channels_last(const Tensor& t) {
-  return t.dim() == 4 && t.is_contiguous(at::MemoryFormat::ChannelsLast) && !t.is_contiguous();
+  return t.dim() == 4 && t.suggest_memory_format() == at::MemoryFormat::ChannelsLast;
 }
 
 inline at::MemoryFormat memory_format_of(const Tensor& t) {
@@ -41,6 +42,18 @@ inline Tensor strided_like(const Tensor& t, const Tensor& like) {
 // like for the activations.
 inline Tensor elementwise_layout(const Tensor& first, const Tensor& second) {
   return first.is_non_overlapping_and_dense() ? first : dense(second);
+}
+
+// The layout of conv2d's output and of both its gradients, as torch's (mkldnn_conv_use_channels_last and
+// thnn_conv_use_channels_last): channels-last when the input or the weight is; but a 1x1 kernel's gradient
+// (whose strides are ambiguous) is laid out as the weight itself, as torch's is (tests/test_layouts.py).
+inline at::MemoryFormat conv_memory_format(const Tensor& input, const Tensor& weight) {
+  return is_channels_last(input) || is_channels_last(weight) ? at::MemoryFormat::ChannelsLast
+                                                             : at::MemoryFormat::Contiguous;
+}
+
+inline at::MemoryFormat conv_grad_weight_format(const Tensor& input, const Tensor& weight) {
+  return weight.size(2) == 1 && weight.size(3) == 1 ? memory_format_of(weight) : conv_memory_format(input, weight);
 }
 
 // Every kernel runs in these four dtypes: float32 and float64, and bfloat16 and float16,

@@ -246,7 +246,7 @@ Tensor winograd_grad_weight_tiles(const Tensor& input, const Tensor& grad_output
                                      scratch);
       }
     }
-    dw = at::empty(weight.sizes(), weight.options().memory_format(memory_format_of(weight)));
+    dw = at::empty(weight.sizes(), weight.options().memory_format(conv_grad_weight_format(input, weight)));
     winograd_grad_weight<scalar_t>(P, dw);
   });
   return dw;
@@ -292,10 +292,8 @@ Tensor conv2d_forward(const Tensor& input, const Tensor& weight, const std::opti
                 bias->sizes(), " instead");
   }
 
-  const bool channels_last_out = is_channels_last(input) || is_channels_last(weight);
   Tensor out = at::empty({G.N, G.out_channels(), G.OH, G.OW},
-                         input.options().memory_format(channels_last_out ? at::MemoryFormat::ChannelsLast
-                                                                         : at::MemoryFormat::Contiguous));
+                         input.options().memory_format(conv_memory_format(input, weight)));
   if (out.numel() == 0) return out;
   const Tensor b = has_bias ? bias->to(sum_type(input)) : Tensor();
   if (use_winograd(G, input.scalar_type())) {
@@ -351,7 +349,7 @@ Tensor im2col_grad_weight(const Tensor& grad_output, const Tensor& input, const 
   const int64_t Bw = one_tile ? G.N : tile_samples(G, input, kBackwardBudgetBytes);
   const at::ScalarType dw_type = one_tile ? weight.scalar_type() : sum_type(weight);
   Tensor dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw},
-                        weight.options().dtype(dw_type).memory_format(memory_format_of(weight)));
+                        weight.options().dtype(dw_type).memory_format(conv_grad_weight_format(input, weight)));
   if (input.numel() == 0) dw.zero_();
   // at::mm and oneDNN's micro-kernel write only plain matrices in place: where dW's tap-order view
   // is not one (a weight that is not channels-last), the tiles' GEMMs add up in a plain (Cout, K)
@@ -381,7 +379,7 @@ Tensor im2col_grad_weight(const Tensor& grad_output, const Tensor& input, const 
   }
   cols_buffer.reset(), x.staging.reset(), dy.staging.reset();
   if (plain_sum) {
-    dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, dw_options);
+    dw = at::empty({G.Cout, G.Cg(), G.kh, G.kw}, dw_options.memory_format(conv_grad_weight_format(input, weight)));
     nhwc_view(dw).copy_(dw_sum.view({G.Cout, G.kh, G.kw, G.Cg()}));
     dw_sum.reset();
   }
@@ -462,7 +460,7 @@ std::tuple<Tensor, Tensor, Tensor> conv2d_backward(const Tensor& grad_output, co
   if (output_mask[2]) grad_bias = G.C == 0 ? at::zeros({G.Cout}, weight.options()) : grad_output.sum({0, 2, 3});
   const bool winograd = input.numel() > 0 && use_winograd(G, input.scalar_type());
   if (output_mask[0]) {
-    grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(memory_format_of(input)));
+    grad_input = at::empty({G.N, G.C, G.H, G.W}, input.options().memory_format(conv_memory_format(input, weight)));
     if (winograd) {  // dX = the correlation of dY, padded by 2 - p, with the rotated, in/out-transposed kernels
       winograd_tiles(grad_output, grad_input, weight, true, 2 - G.pt, 2 - G.pl, Tensor(), true);
     } else if (input.numel() > 0 && grad_input_by_correlation(G, input.scalar_type())) {

@@ -6,8 +6,9 @@ from torch.autograd import forward_ad as _forward_ad
 
 
 def is_channels_last(t: torch.Tensor) -> bool:
-    """Mirrors ``is_channels_last`` in csrc/common.h, which picks the layout of outputs."""
-    return t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) and not t.is_contiguous()
+    """Mirrors ``is_channels_last`` in csrc/common.h, which picks the layout of outputs: torch's
+    ``suggest_memory_format`` rule, which reads the strides (a size-1 dimension's too)."""
+    return t.dim() == 4 and _prims_common.suggest_memory_format(t) == torch.channels_last
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

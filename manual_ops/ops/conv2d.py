@@ -15,12 +15,17 @@ def _output_hw(input, weight, stride, padding, dilation):
     return oh, ow
 
 
+def _conv_memory_format(input, weight):
+    """Mirrors ``conv_memory_format`` in csrc/common.h: channels-last when the input or the weight is."""
+    channels_last = memory_format_of(input) == torch.channels_last or memory_format_of(weight) == torch.channels_last
+    return torch.channels_last if channels_last else torch.contiguous_format
+
+
 @torch.library.register_fake("manual_ops::conv2d_forward")
 def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups):
     torch._check(input.dim() == 4 and weight.dim() == 4, lambda: "conv2d: expected 4-D input and weight")
     oh, ow = _output_hw(input, weight, stride, padding, dilation)
-    channels_last = memory_format_of(input) == torch.channels_last or memory_format_of(weight) == torch.channels_last
-    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    fmt = _conv_memory_format(input, weight)
     out_channels = 0 if input.shape[1] == 0 else weight.shape[0]  # torch's rule, as ConvGeometry::out_channels
     return torch.empty((input.shape[0], out_channels, oh, ow), dtype=input.dtype, device=input.device,
                        memory_format=fmt)
@@ -28,8 +33,11 @@ def _conv2d_forward_fake(input, weight, bias, stride, padding, dilation, groups)
 
 @torch.library.register_fake("manual_ops::conv2d_backward")
 def _conv2d_backward_fake(grad_output, input, weight, stride, padding, dilation, groups, output_mask):
-    grad_input = torch.empty_like(input, memory_format=memory_format_of(input)) if output_mask[0] else None
-    grad_weight = torch.empty_like(weight, memory_format=memory_format_of(weight)) if output_mask[1] else None
+    fmt = _conv_memory_format(input, weight)
+    # as csrc/common.h's conv_grad_weight_format: a 1x1 kernel's gradient is laid out as the weight
+    weight_fmt = memory_format_of(weight) if weight.shape[2:] == (1, 1) else fmt
+    grad_input = torch.empty_like(input, memory_format=fmt) if output_mask[0] else None
+    grad_weight = torch.empty_like(weight, memory_format=weight_fmt) if output_mask[1] else None
     grad_bias = grad_output.new_empty((weight.shape[0],)) if output_mask[2] else None
     return grad_input, grad_weight, grad_bias
 
