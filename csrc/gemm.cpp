@@ -397,7 +397,8 @@ Requested requested_gemm() {
     if (value == nullptr) return Requested::none;
     if (std::strcmp(value, "onednn") == 0) return Requested::onednn;
     if (std::strcmp(value, "own") == 0) return Requested::own;
-    TORCH_WARN_ONCE("manual_ops: ignoring invalid value for MANUAL_OPS_BF16_GEMM: ", value, " (expected onednn or own)");
+    TORCH_WARN_ONCE("manual_ops: ignoring invalid value for MANUAL_OPS_BF16_GEMM: ", value,
+                    " (expected onednn or own)");
     return Requested::none;
   }();
   return r;
