@@ -1,8 +1,9 @@
-"""CIFAR-style ResNet and VGG-with-BN, written with torch.nn layers in torchvision's style.
+"""CIFAR-style ResNet and VGG-with-BN, written with torch.nn layers in torchvision's style, and the lecture
+notes' LeNet-5 (sigmoids and average pooling).
 
 They are plain ``torch.nn`` models (``ReLU(inplace=True)``, nested ``Sequential``s,
 ``torch.flatten`` in ``forward``), so :func:`manual_ops.convert` has real work to do on them.
-All take 1- or 3-channel inputs of any size from 8x8 up, and end in ``AdaptiveAvgPool2d``.
+All take 1- or 3-channel inputs of any size from 8x8 up; the ResNets and VGGs end in ``AdaptiveAvgPool2d``.
 """
 import torch
 from torch import nn
@@ -114,6 +115,34 @@ class VGG(nn.Module):
         return self.classifier(x)
 
 
+class LeNet5(nn.Module):
+    """LeNet-5 as the lecture notes (seed 003) derive it by hand: 5x5 convolutions and 2x2 average pooling
+    with sigmoid activations, then three linear layers (120, 84, classes) with sigmoids between them.
+
+    Both convolutions pad by 2, so that every input from 8x8 up keeps its size through them (the 8x8 digits
+    end in 2x2 maps; LeNet-5 of 1998 has a valid second convolution on 32x32 inputs). The logits are left
+    without a sigmoid, for the cross-entropy loss (the notes' squared error over sigmoid outputs trains
+    more slowly, and is what notebooks/07_lenet5_backward.ipynb works through by hand).
+    """
+
+    def __init__(self, in_channels=1, num_classes=10, input_size=(32, 32)):
+        super().__init__()
+        h, w = input_size
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2),
+            nn.Conv2d(6, 16, kernel_size=5, padding=2), nn.Sigmoid(), nn.AvgPool2d(2))
+        self.classifier = nn.Sequential(
+            nn.Linear(16 * (h // 4) * (w // 4), 120), nn.Sigmoid(), nn.Linear(120, 84), nn.Sigmoid(),
+            nn.Linear(84, num_classes))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.features(x), 1))
+
+
+def lenet5(in_channels=3, num_classes=10, input_size=32):
+    return LeNet5(in_channels, num_classes, input_size)
+
+
 def resnet18(in_channels=3, num_classes=10, input_size=32):
     """CIFAR-style ResNet-18: stages of 2 BasicBlocks at widths 64, 128, 256, 512 (11M parameters)."""
     return ResNet([2, 2, 2, 2], [64, 128, 256, 512], in_channels, num_classes)
@@ -132,7 +161,7 @@ def vgg16(in_channels=3, num_classes=10, input_size=32):
     return VGG(VGG_CONFIGS["vgg16"], in_channels, num_classes, input_size)
 
 
-MODELS = {"resnet18": resnet18, "resnet-small": resnet_small, "vgg11": vgg11, "vgg16": vgg16}
+MODELS = {"resnet18": resnet18, "resnet-small": resnet_small, "vgg11": vgg11, "vgg16": vgg16, "lenet5": lenet5}
 
 
 def build(name, in_channels=3, num_classes=10, input_size=32):

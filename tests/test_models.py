@@ -17,10 +17,28 @@ def test_output_shape_and_style(name, channels, size):
     h, w = (size, size) if isinstance(size, int) else size
     x = torch.randn(2, channels, h, w)
     assert model(x).shape == (2, 7)
+    if name == "lenet5":  # the notes' network: sigmoids and 2x2 average pooling
+        kinds = {type(m) for m in model.modules()}
+        assert {nn.Sigmoid, nn.AvgPool2d} <= kinds and nn.ReLU not in kinds
+        return
     # torchvision style: in-place ReLUs and a global average pool before the classifier.
     relus = [m for m in model.modules() if isinstance(m, nn.ReLU)]
     assert relus and all(m.inplace for m in relus)
     assert any(isinstance(m, nn.AdaptiveAvgPool2d) for m in model.modules())
+
+
+def test_lenet5_runs_only_our_backward_and_matches_the_builtin_in_float64():
+    torch.manual_seed(0)
+    builtin = models.build("lenet5", 1, 10, 8).double()
+    ours = manual_ops.convert(copy.deepcopy(builtin))
+    x, y = torch.randn(16, 1, 8, 8, dtype=torch.float64), torch.randint(10, (16,))
+    losses = [manual_ops.functional.cross_entropy(ours(x), y), nn.functional.cross_entropy(builtin(x), y)]
+    assert not manual_ops.builtin_backward_nodes(losses[0])
+    for loss in losses:
+        loss.backward()
+    torch.testing.assert_close(losses[0], losses[1], rtol=1e-12, atol=1e-12)
+    for a, b in zip(ours.parameters(), builtin.parameters()):
+        torch.testing.assert_close(a.grad, b.grad, rtol=1e-9, atol=1e-12)
 
 
 def test_vgg_stops_pooling_on_small_maps():
@@ -37,7 +55,8 @@ def test_resnet18_matches_the_cifar_layout():
 
 
 def test_build_rejects_unknown_model_and_small_inputs():
-    with pytest.raises(ValueError, match=r"unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16"):
+    with pytest.raises(ValueError, match=r"unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16, "
+                                         r"lenet5"):
         models.build("resnet50")
     with pytest.raises(ValueError, match=r"resnet18 needs inputs of at least 8x8, but got input_size=\(4, 4\)"):
         models.build("resnet18", input_size=4)

@@ -41,6 +41,15 @@ def test_smoke_outputs_and_checkpoint_loads_into_builtin(tmp_path, capsys):
     assert not [p for p in os.listdir(tmp_path) if p.endswith(".tmp")]
 
 
+def test_lenet5_of_the_notes_trains_on_the_digits(tmp_path, capsys):
+    assert _run(tmp_path, "--model", "lenet5") == 0
+    assert "lenet5 on digits" in capsys.readouterr().out
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["first_step_grad_diff"]["Conv2d"]["max_abs_diff"] < 1e-4
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    models.build("lenet5", 1, 10, 8).load_state_dict(ckpt["runs"]["manual"]["model"], strict=True)
+
+
 def test_resume_continues_where_it_stopped(tmp_path, capsys):
     assert _run(tmp_path) == 0
     assert main(["train", "--out", str(tmp_path), *TINY[2:], "--epochs", "2", "--resume"]) == 0
@@ -205,7 +214,8 @@ def test_enable_runs_the_manual_forward_in_the_mode(tmp_path, monkeypatch, capsy
 
 
 @pytest.mark.parametrize("setup,args,message", [
-    (None, ["--model", "resnet50"], "error: unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16"),
+    (None, ["--model", "resnet50"],
+     "error: unknown model 'resnet50'; choose from resnet18, resnet-small, vgg11, vgg16, lenet5"),
     (None, ["--data", "cifar10:/no/such/folder"], "error: cifar10: /no/such/folder is not a folder"),
     ("missing", ["--data", "cifar10:{c}"], "error: cifar10: {c} lacks data_batch_3, test_batch (needs data_batch_1..5 "
                                            "and test_batch)"),
@@ -242,7 +252,7 @@ def test_bad_input_from_the_shell_has_no_traceback(tmp_path):
                             capture_output=True, text=True, cwd=tmp_path, env=_package_env())
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        "error: unknown model 'nope'; choose from resnet18, resnet-small, vgg11, vgg16"]
+        "error: unknown model 'nope'; choose from resnet18, resnet-small, vgg11, vgg16, lenet5"]
 
 
 def _rss_bytes():
