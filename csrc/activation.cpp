@@ -35,9 +35,8 @@ ActivationArgs parse(const char* op, std::string_view name, double alpha, double
 
 // As torch's kernels for a dtype they have no loop for: NotImplementedError naming the activation and the dtype.
 void check_dtype(const char* op, c10::string_view name, const Tensor& t) {
-  const at::ScalarType s = t.scalar_type();
-  TORCH_CHECK_NOT_IMPLEMENTED(s == at::kFloat || s == at::kDouble || is_reduced_floating(s), op, ": \"", name,
-                              "\" not implemented for '", s, "'");
+  TORCH_CHECK_NOT_IMPLEMENTED(is_kernel_dtype(t.scalar_type()), op, ": \"", name, "\" not implemented for '",
+                              t.scalar_type(), "'");
 }
 
 void check_same(const char* op, const Tensor& saved, const char* name, const Tensor& t) {
@@ -58,13 +57,7 @@ Tensor activation_forward(const Tensor& input, c10::string_view name, double alp
 void activation_inplace(Tensor& self, c10::string_view name, double alpha, double beta) {
   const ActivationArgs a = parse("activation_", name, alpha, beta);
   check_dtype("activation_", name, self);
-  if (self.is_non_overlapping_and_dense()) {
-    activation_stub(self, self, a);
-  } else {
-    Tensor tmp = dense(self);
-    activation_stub(tmp, tmp, a);
-    self.copy_(tmp);
-  }
+  in_place_dense(self, [&](Tensor& x) { activation_stub(x, x, a); });
 }
 
 // grad_input = f'(saved) * grad_output; `saved` is the input, or the output for sigmoid, tanh, hardtanh. The

@@ -30,6 +30,15 @@ inline at::MemoryFormat memory_format_of(const Tensor& t) {
 // flat arrays of numel() elements from data_ptr() (the elementwise ops: relu, the activations).
 inline Tensor dense(const Tensor& t) { return t.is_non_overlapping_and_dense() ? t : at::empty_like(t).copy_(t); }
 
+// f(x) on a dense x holding `self`'s values, which an in-place elementwise kernel overwrites: `self` itself
+// when it is dense, else a dense copy written back into `self` afterwards.
+template <typename F>
+void in_place_dense(Tensor& self, const F& f) {
+  Tensor x = dense(self);
+  f(x);
+  if (!x.is_same(self)) self.copy_(x);
+}
+
 // `t` with the strides of the dense `like` (itself when it has them already).
 inline Tensor strided_like(const Tensor& t, const Tensor& like) {
   return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
@@ -63,9 +72,12 @@ inline at::MemoryFormat conv_grad_weight_format(const Tensor& input, const Tenso
 
 inline bool is_reduced_floating(at::ScalarType t) { return t == at::kBFloat16 || t == at::kHalf; }
 
+// Whether the kernels run in dtype t (the four above).
+inline bool is_kernel_dtype(at::ScalarType t) { return t == at::kFloat || t == at::kDouble || is_reduced_floating(t); }
+
 inline void check_floating(const char* op, const char* name, const Tensor& t) {
   const at::ScalarType s = t.scalar_type();
-  TORCH_CHECK(s == at::kFloat || s == at::kDouble || is_reduced_floating(s), op, ": expected ", name,
+  TORCH_CHECK(is_kernel_dtype(s), op, ": expected ", name,
               " to be float32, float64, bfloat16 or float16, but got ", s);
 }
 

@@ -40,9 +40,7 @@ void dropout_inplace(Tensor& self, const Tensor& mask, double p) {
   const char* op = "dropout_";
   check_floating(op, "self", self);
   check_p(op, p);
-  Tensor x = dense(self);
-  dropout_stub(x, mask_like(op, "self", x, mask, x), x, p);
-  if (!x.is_same(self)) self.copy_(x);
+  in_place_dense(self, [&](Tensor& x) { dropout_stub(x, mask_like(op, "self", x, mask, x), x, p); });
 }
 
 // grad_input = grad_output * mask / (1 - p), laid out as torch's product of the gradient and its noise.

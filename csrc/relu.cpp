@@ -20,13 +20,7 @@ Tensor relu_forward(const Tensor& input) {
 
 void relu_inplace(Tensor& self) {
   check_floating("relu_", "self", self);
-  if (self.is_non_overlapping_and_dense()) {
-    relu_stub(self, self);
-  } else {
-    Tensor tmp = dense(self);
-    relu_stub(tmp, tmp);
-    self.copy_(tmp);
-  }
+  in_place_dense(self, [](Tensor& x) { relu_stub(x, x); });
 }
 
 // Backward from the saved output y = relu(x): dx[i] = dy[i] * 1[y[i] > 0]

@@ -124,10 +124,14 @@ def _op_backward(ctx, grad_output):
 torch.library.register_autograd("manual_ops::dropout_forward", _op_backward, setup_context=_op_setup_context)
 
 
-def _dropout(input, p, training, inplace, mask_shape):
-    """Dropout of ``input`` with a mask of ``mask_shape`` (None: the input's own), as torch's ``_dropout_impl``."""
+def _check_p(p):
     if p < 0.0 or p > 1.0:
         raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+
+
+def _dropout(input, p, training, inplace, mask_shape):
+    """Dropout of ``input`` (``p`` checked by the caller) with a mask of ``mask_shape`` (None: the input's own),
+    as torch's ``_dropout_impl``."""
     if not training or p == 0 or input.numel() == 0:
         return input  # torch's too: the input itself
     if not input.is_floating_point():
@@ -158,6 +162,7 @@ def dropout(input, p=0.5, training=True, inplace=False):
     Shape:
         - Input: :math:`(*)`. Output: :math:`(*)`, the same shape (and strides, for dense inputs).
     """
+    _check_p(p)
     return _dropout(input, p, training, inplace, None)
 
 
@@ -175,8 +180,7 @@ def dropout2d(input, p=0.5, training=True, inplace=False):
     Shape:
         - Input: :math:`(N, C, H, W)`. Output: the same shape (and strides, for dense inputs).
     """
-    if p < 0.0 or p > 1.0:
-        raise ValueError(f"dropout probability has to be between 0 and 1, but got {p}")
+    _check_p(p)
     if input.dim() not in (3, 4):
         warnings.warn(
             f"dropout2d: Received a {input.dim()}-D input to dropout2d, which is deprecated and will result in an "
