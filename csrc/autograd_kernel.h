@@ -15,11 +15,25 @@
 #include <torch/csrc/autograd/function.h>
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/csrc/autograd/saved_variable.h>
+#include <torch/version.h>
 
+// Compiled autograd's interface for C++ nodes (PyCompilerInterface, functional apply) as used
+// here is torch 2.8's and later; with an older torch the nodes have no compiled_args and compiled
+// autograd refuses them, as it did before.
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 8)
+#define MANUAL_OPS_COMPILED_AUTOGRAD 1
+#include <torch/csrc/dynamo/compiled_autograd.h>
+#endif
+
+#include <initializer_list>
 #include <memory>
+#include <mutex>
 #include <optional>
+#include <string>
 #include <type_traits>
+#include <unordered_set>
 #include <utility>
+#include <vector>
 
 namespace manual_ops {
 
@@ -91,5 +105,66 @@ auto call_backward_op(const c10::TypedOperatorHandle<Sig>& op, Args&&... args) {
 inline std::optional<Tensor> optional_of(const Tensor& t) {
   return t.defined() ? std::optional<Tensor>(t) : std::nullopt;
 }
+
+#ifdef MANUAL_OPS_COMPILED_AUTOGRAD
+using torch::dynamo::autograd::CompiledNodeArgs;
+using torch::dynamo::autograd::SwapSavedVariables;
+
+// Compiled autograd (torch._dynamo.compiled_autograd) traces a backward graph node by node. A node
+// lists what its backward reads in compiled_args: its saved tensors, which become inputs of the
+// compiled graph, and its constants, on which the graph is specialised (they are part of its cache
+// key). Its apply_with_saved then puts a call of its backward op into the graph instead of running
+// it, on the graph's stand-ins for the saved tensors, as torch's generated nodes do with their
+// functional apply. The call is to a function bound once per process under the op's name, which
+// calls the op boxed: the op's schema must read (grad_output, saved tensors..., constants...,
+// bool[k] output_mask), the mask being which of the node's k next edges need a gradient.
+inline variable_list apply_backward_op_compiled(const Node& node, const char* op_name, const variable_list& grads,
+                                                SwapSavedVariables& saved, std::initializer_list<SavedVariable*> tensors,
+                                                std::initializer_list<c10::IValue> constants) {
+  const c10::OperatorHandle op = c10::Dispatcher::singleton().findSchemaOrThrow(op_name, "");
+  const auto& compiler = torch::dynamo::autograd::getPyCompilerInterface();
+  std::string fn_name(op_name);
+  fn_name.replace(fn_name.find("::"), 2, "_");  // a Python identifier: manual_ops_linear_backward
+  {
+    static std::mutex mutex;
+    static std::unordered_set<std::string> bound;
+    std::lock_guard<std::mutex> lock(mutex);
+    if (bound.insert(fn_name).second) {
+      std::vector<at::TypePtr> schema;
+      const auto& arguments = op.schema().arguments();
+      for (size_t i = 1; i < arguments.size(); ++i) schema.push_back(arguments[i].type());
+      const size_t num_outputs = op.schema().returns().size();
+      auto functional = [op, num_outputs](const variable_list& inputs, const std::vector<c10::IValue>& args) {
+        if (!inputs[0].defined()) return variable_list(num_outputs);
+        torch::jit::Stack stack{inputs[0]};
+        stack.insert(stack.end(), args.begin(), args.end());
+        if (at::GradMode::is_enabled()) {
+          op.callBoxed(stack);
+        } else {
+          at::AutoDispatchBelowADInplaceOrView guard;
+          op.callBoxed(stack);
+        }
+        variable_list outputs;
+        for (const auto& value : stack) outputs.push_back(value.toTensor());
+        return outputs;
+      };
+      compiler->bind_function(saved.get_py_compiler(), fn_name, functional, schema);
+    }
+  }
+  for (SavedVariable* t : tensors) saved.before(*t);
+  std::vector<c10::IValue> args;
+  for (SavedVariable* t : tensors) args.emplace_back(optional_of(t->unpack()));
+  args.insert(args.end(), constants.begin(), constants.end());
+  c10::List<bool> output_mask;
+  for (size_t i = 0; i < node.num_outputs(); ++i) output_mask.push_back(node.task_should_compute_output(i));
+  args.emplace_back(output_mask);
+  auto output_metadata = torch::dynamo::autograd::IValuePacker<std::vector<std::optional<torch::autograd::InputMetadata>>>::pack(
+      torch::dynamo::autograd::get_input_metadata(node.next_edges()));
+  auto outputs = compiler->call_function(saved.get_py_compiler(), "apply_functional", fn_name, grads, args,
+                                         output_metadata);
+  for (SavedVariable* t : tensors) saved.after(*t);
+  return outputs;
+}
+#endif
 
 }  // namespace manual_ops

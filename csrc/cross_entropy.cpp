@@ -389,6 +389,24 @@ struct CrossEntropyBackwardNode final : public Node {
         std::array<bool, 2>{task_should_compute_output(0), task_should_compute_output(1)});
     return {grad_input, grad_target};
   }
+
+#ifdef MANUAL_OPS_COMPILED_AUTOGRAD
+  void compiled_args(CompiledNodeArgs& args) const override {
+    args.collect(input_, false);
+    args.collect(target_, false);
+    args.collect(weight_, false);
+    args.collect(lse_, false);
+    args.collect(reduction_);
+    args.collect(ignore_index_);
+    args.collect(label_smoothing_);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    return apply_backward_op_compiled(*this, "manual_ops::cross_entropy_backward", grads, saved,
+                                      {&input_, &target_, &weight_, &lse_},
+                                      {reduction_, ignore_index_, label_smoothing_});
+  }
+#endif
 };
 
 // The autograd kernel of cross_entropy_forward. lse is not differentiable.

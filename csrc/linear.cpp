@@ -111,6 +111,17 @@ struct LinearBackwardNode final : public Node {
                             task_should_compute_output(2)});  // no bias: no edge, so false
     return {grad_input, grad_weight, grad_bias};
   }
+
+#ifdef MANUAL_OPS_COMPILED_AUTOGRAD
+  void compiled_args(CompiledNodeArgs& args) const override {
+    args.collect(input_, false);
+    args.collect(weight_, false);
+  }
+
+  variable_list apply_with_saved(const variable_list& grads, SwapSavedVariables& saved) override {
+    return apply_backward_op_compiled(*this, "manual_ops::linear_backward", grads, saved, {&input_, &weight_}, {});
+  }
+#endif
 };
 
 // The autograd kernel of linear_forward.
