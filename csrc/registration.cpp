@@ -75,6 +75,14 @@ TORCH_LIBRARY(manual_ops, m) {
       "batch_norm_backward(Tensor grad_output, Tensor input, Tensor? weight, Tensor? bias, Tensor save_mean, "
       "Tensor save_invstd, bool training, float? beta_floor, str floor_scale, bool[3] output_mask) "
       "-> (Tensor, Tensor, Tensor)");
+  // Group norm (csrc/group_norm.cpp): returns (output, save_mean, save_rstd), the statistics of
+  // size (N, num_groups).
+  m.def(
+      "group_norm_forward(Tensor input, int num_groups, Tensor? weight, Tensor? bias, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "group_norm_backward(Tensor grad_output, Tensor input, int num_groups, Tensor save_mean, Tensor save_rstd, "
+      "Tensor? weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // Synchronised batch norm's local steps (the collectives run in Python): batch_norm_stats
   // returns float64 [[mean], [m2]] of the input per channel (m2 = sum of squared deviations);
   // batch_norm_backward_reduce float64 [[sum delta], [sum delta * xhat]]; sync_batch_norm_backward

@@ -17,6 +17,7 @@ from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
 from .ops.conv2d import Conv2dFunction, conv2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
 from .ops.dropout import DropoutFunction, dropout, dropout2d
+from .ops.group_norm import GroupNormFunction, group_norm
 from .ops.linear import LinearFunction, linear
 from .ops.pooling import (
     AdaptiveAvgPool2dFunction,
@@ -38,6 +39,7 @@ __all__ = [
     "Conv2dFunction",
     "CrossEntropyFunction",
     "DropoutFunction",
+    "GroupNormFunction",
     "LinearFunction",
     "MaxPool2dFunction",
     "ReLUFunction",
@@ -52,6 +54,7 @@ __all__ = [
     "dropout2d",
     "elu",
     "gelu",
+    "group_norm",
     "hardsigmoid",
     "hardswish",
     "hardtanh",

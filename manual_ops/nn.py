@@ -18,6 +18,7 @@ from .modules.conv import Conv2d
 from .modules.dropout import Dropout, Dropout2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
+from .modules.normalization import GroupNorm
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .modules.sync_batch_norm import ClampedSyncBatchNorm, SyncBatchNorm
 
@@ -33,6 +34,7 @@ __all__ = [
     "Dropout2d",
     "ELU",
     "GELU",
+    "GroupNorm",
     "Hardsigmoid",
     "Hardswish",
     "Hardtanh",

@@ -68,6 +68,14 @@ def _batch_norm(input, running_mean, running_var, weight=None, bias=None, *args,
     return all(p is None or p.dtype == dtype for p in params)
 
 
+def _group_norm(input, num_groups, weight=None, bias=None, *args, **kwargs) -> bool:
+    params = (weight, bias)
+    if not (_takes(input, *params) and input.dim() >= 2):
+        return False
+    dtype = _param_dtype(input, *params)
+    return all(p is None or p.dtype == dtype for p in params)
+
+
 def _cross_entropy(input, target, weight=None, *args, **kwargs) -> bool:
     return _one_dtype(input, weight) and input.dim() >= 1 and _plain(target) and \
         target.dtype in _INDEX_DTYPES | _DTYPES
@@ -105,6 +113,7 @@ ROUTES = (
     Route(mF.avg_pool2d, (F.avg_pool2d,), takes=_pooling),  # F.avg_pool2d is torch._C._nn.avg_pool2d
     Route(mF.adaptive_avg_pool2d, (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d), takes=_pooling),
     Route(mF.cross_entropy, (F.cross_entropy,), takes=_cross_entropy),
+    Route(mF.group_norm, (F.group_norm,), takes=_group_norm),
     # The activations. F.sigmoid and F.tanh call Tensor.sigmoid / Tensor.tanh, so the mode sees those; their
     # in-place spellings (torch.sigmoid_, Tensor.tanh_, ...) stay torch's, as ours take no `inplace`.
     Route(mF.sigmoid, (torch.sigmoid, torch.Tensor.sigmoid)),

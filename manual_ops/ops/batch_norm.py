@@ -4,7 +4,7 @@ from torch.autograd.function import once_differentiable
 
 from .._utils import (applier, below_autograd, check_not_differentiable, fast_apply, memory_format_of,
                       register_autograd)
-from ._tangents import sum_tangents
+from ._tangents import output_meta, sum_tangents, zeros_for_missing
 from ._vmap import fold, loop, out_dims_of, unfold
 
 _ops = torch.ops.manual_ops
@@ -219,6 +219,7 @@ class BatchNormBackward(torch.autograd.Function):
         ctx.save_for_forward(*inputs[:6])
         ctx.bn_args = inputs[6:9]
         ctx.output_mask = inputs[9]
+        ctx.output_meta = output_meta(output)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -245,7 +246,7 @@ class BatchNormBackward(torch.autograd.Function):
         if d_grad_output is not None:
             tangents = list(_batch_norm_backward(d_grad_output, *saved[1:], *ctx.bn_args, mask))
         terms = _second_derivative_terms(*saved, *ctx.bn_args, d_input, d_weight, mask[0], mask[1])
-        return sum_tangents(tangents, terms)
+        return zeros_for_missing(sum_tangents(tangents, terms), ctx.output_meta)
 
     @staticmethod
     def vmap(info, in_dims, grad_output, input, weight, bias, save_mean, save_invstd, training, beta_floor,

@@ -3,7 +3,7 @@ import torch
 from torch.autograd.function import once_differentiable
 
 from .._utils import applier, below_autograd, check_not_differentiable, fast_apply, register_autograd
-from ._tangents import sum_tangents
+from ._tangents import output_meta, sum_tangents, zeros_for_missing
 from ._vmap import fold, loop, out_dims_of, unfold, with_batch
 
 _ops = torch.ops.manual_ops
@@ -132,6 +132,7 @@ class CrossEntropyBackward(torch.autograd.Function):
         ctx.save_for_forward(grad_loss, input, target, weight, lse)
         ctx.options = options
         ctx.output_mask = output_mask
+        ctx.output_meta = output_meta(output)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -160,7 +161,7 @@ class CrossEntropyBackward(torch.autograd.Function):
         if d_grad_loss is not None:
             tangents = list(_backward_apply(d_grad_loss, input, target, weight, lse, *ctx.options, mask))
         terms = _second_derivative_terms(*ctx.saved_tensors, ctx.options, d_input, d_target, *mask)
-        return sum_tangents(tangents, terms)
+        return zeros_for_missing(sum_tangents(tangents, terms), ctx.output_meta)
 
     @staticmethod
     def vmap(info, in_dims, grad_loss, input, target, weight, lse, reduction, ignore_index, label_smoothing,
