@@ -59,7 +59,8 @@ class BuildExtensionPerCapability(BuildExtension):
 # torch.amp.is_autocast_available) arrived in 2.4. No upper bound: none is known to break.
 TORCH_REQUIREMENT = "torch>=2.4"
 TRAIN_EXTRAS = ["numpy", "tqdm", "matplotlib", "scikit-learn"]
-TEST_EXTRAS = TRAIN_EXTRAS + ["pytest", "hypothesis", "nbclient", "nbformat", "ipykernel"]
+# expecttest: torch.testing._internal (tests/test_opinfo.py runs torch's OpInfo and ModuleInfo inputs) imports it
+TEST_EXTRAS = TRAIN_EXTRAS + ["pytest", "hypothesis", "expecttest", "nbclient", "nbformat", "ipykernel"]
 
 setup(
     name="manual_ops",

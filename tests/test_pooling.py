@@ -382,6 +382,9 @@ ERRORS = [
     (lambda f: f.adaptive_avg_pool2d(X, (1, 2, 3)), RuntimeError, "adaptive_avg_pool2d: output_size must be 2"),
     (lambda f: f.adaptive_avg_pool2d(X[0, 0], 2), RuntimeError,
      re.escape("adaptive_avg_pool2d(): Expected 3D or 4D tensor, but got [8, 8]")),
+    # a pair for output_size: torch's Python wrapper checks the rank first (its OpInfo's error input)
+    (lambda f: f.adaptive_avg_pool2d(X[0, 0], (2, 2)), ValueError, "^Input dimension should be at least 3$"),
+    (lambda f: f.adaptive_avg_pool2d(X[0], (2, 2, 2)), ValueError, "^Input dimension should be at least 4$"),
     (lambda f: f.adaptive_avg_pool2d(X[:, :, :, :0], 2), RuntimeError,
      re.escape("Expected input to have non-zero size for non-batch dimensions, but input has sizes [2, 3, 8, 0] "
                "with dimension 3 being empty")),

@@ -407,6 +407,8 @@ def adaptive_avg_pool2d(input, output_size):
     """
     if isinstance(output_size, int):
         output_size = (output_size, output_size)
+    elif input.dim() <= len(output_size):  # torch's _list_with_default, before the op checks the rank
+        raise ValueError(f"Input dimension should be at least {len(output_size) + 1}")
     output_size = list(output_size)
     if len(output_size) != 2:
         raise RuntimeError("adaptive_avg_pool2d: output_size must be 2")
