@@ -22,6 +22,13 @@
 namespace manual_ops {
 namespace {
 
+// `t` (contiguous) in the layout torch gives group_norm's results: the input's suggested memory format,
+// strides and all (a copy only for a channels-last input).
+Tensor in_layout_of(const Tensor& t, const Tensor& input) {
+  if (memory_format_of(input) != at::MemoryFormat::ChannelsLast) return t;
+  return at::empty(t.sizes(), t.options().memory_format(at::MemoryFormat::ChannelsLast)).copy_(t);
+}
+
 struct Groups {
   int64_t N, C, G, L;
   int64_t per_group() const { return C / G * L; }  // M, the values of one (sample, group)
@@ -73,7 +80,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_forward(const Tensor& input, int64
   const Groups g = groups_of(input, num_groups);
   const Tensor x = input.contiguous();
   const at::ScalarType ptype = param_type(input, {weight, bias});
-  Tensor out = at::empty_like(x);
+  Tensor out = at::empty(x.sizes(), x.options());  // contiguous (empty_like would keep an empty input's strides)
   Tensor save_mean, save_rstd;
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "group_norm_forward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
@@ -101,7 +108,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_forward(const Tensor& input, int64
       per_channel_affine<scalar_t>(g.rows(), nullptr, xp, {}, scale, mu, shift, out.mutable_data_ptr<scalar_t>());
     }
   });
-  return {out.contiguous(memory_format_of(input)), save_mean, save_rstd};
+  return {in_layout_of(out, input), save_mean, save_rstd};
 }
 
 // Backward, with xhat = (x - mu) * rstd, delta = dL/dy and, per (sample n, channel c) over its L
@@ -130,7 +137,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_output
   at::AutoDispatchBelowADInplaceOrView guard;
   const Tensor x = input.contiguous();
   const Tensor dy = grad_output.contiguous();
-  Tensor grad_input = output_mask[0] ? at::empty_like(x) : Tensor();
+  Tensor grad_input = output_mask[0] ? at::empty(x.sizes(), x.options()) : Tensor();
   Tensor grad_weight, grad_bias;
   MANUAL_OPS_DISPATCH_FLOATING(input.scalar_type(), "group_norm_backward", [&] {
     using acc_t = at::acc_type<scalar_t, false>;
@@ -169,7 +176,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_output
     }
     per_channel_affine<scalar_t>(g.rows(), dyp, xp, a, b, mu, k, grad_input.mutable_data_ptr<scalar_t>());
   });
-  if (grad_input.defined()) grad_input = grad_input.contiguous(memory_format_of(input));
+  if (grad_input.defined()) grad_input = in_layout_of(grad_input, input);
   return {grad_input, grad_weight, grad_bias};
 }
 
