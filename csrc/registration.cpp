@@ -83,6 +83,14 @@ TORCH_LIBRARY(manual_ops, m) {
   m.def(
       "group_norm_backward(Tensor grad_output, Tensor input, int num_groups, Tensor save_mean, Tensor save_rstd, "
       "Tensor? weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
+  // Layer norm (csrc/layer_norm.cpp): returns (output, save_mean, save_rstd), the statistics of size
+  // (*leading, 1, ..., 1).
+  m.def(
+      "layer_norm_forward(Tensor input, int[] normalized_shape, Tensor? weight, Tensor? bias, float eps) "
+      "-> (Tensor, Tensor, Tensor)");
+  m.def(
+      "layer_norm_backward(Tensor grad_output, Tensor input, int[] normalized_shape, Tensor save_mean, "
+      "Tensor save_rstd, Tensor? weight, bool[3] output_mask) -> (Tensor, Tensor, Tensor)");
   // Synchronised batch norm's local steps (the collectives run in Python): batch_norm_stats
   // returns float64 [[mean], [m2]] of the input per channel (m2 = sum of squared deviations);
   // batch_norm_backward_reduce float64 [[sum delta], [sum delta * xhat]]; sync_batch_norm_backward

@@ -18,7 +18,7 @@ from .modules.conv import Conv2d
 from .modules.dropout import Dropout, Dropout2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
-from .modules.normalization import GroupNorm
+from .modules.normalization import GroupNorm, LayerNorm
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .modules.sync_batch_norm import ClampedSyncBatchNorm, SyncBatchNorm
 
@@ -38,6 +38,7 @@ __all__ = [
     "Hardsigmoid",
     "Hardswish",
     "Hardtanh",
+    "LayerNorm",
     "LeakyReLU",
     "Linear",
     "MaxPool2d",

@@ -76,6 +76,14 @@ def _group_norm(input, num_groups, weight=None, bias=None, *args, **kwargs) -> b
     return all(p is None or p.dtype == dtype for p in params)
 
 
+def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, **kwargs) -> bool:
+    params = (weight, bias)
+    if not _takes(input, *params):
+        return False
+    dtype = _param_dtype(input, *params)
+    return all(p is None or p.dtype == dtype for p in params)
+
+
 def _cross_entropy(input, target, weight=None, *args, **kwargs) -> bool:
     return _one_dtype(input, weight) and input.dim() >= 1 and _plain(target) and \
         target.dtype in _INDEX_DTYPES | _DTYPES
@@ -114,6 +122,7 @@ ROUTES = (
     Route(mF.adaptive_avg_pool2d, (F.adaptive_avg_pool2d, torch._C._nn.adaptive_avg_pool2d), takes=_pooling),
     Route(mF.cross_entropy, (F.cross_entropy,), takes=_cross_entropy),
     Route(mF.group_norm, (F.group_norm,), takes=_group_norm),
+    Route(mF.layer_norm, (F.layer_norm,), takes=_layer_norm),
     # The activations. F.sigmoid and F.tanh call Tensor.sigmoid / Tensor.tanh, so the mode sees those; their
     # in-place spellings (torch.sigmoid_, Tensor.tanh_, ...) stay torch's, as ours take no `inplace`.
     Route(mF.sigmoid, (torch.sigmoid, torch.Tensor.sigmoid)),

@@ -1,8 +1,9 @@
-"""GroupNorm as a drop-in for torch.nn's: the same constructor (``num_groups``, ``num_channels``, ``eps``,
-``affine``, ``device``, ``dtype``), init, repr and state_dict, with manual_ops' hand-written kernels."""
+"""GroupNorm and LayerNorm as drop-ins for torch.nn's: the same constructors, init, repr and state_dict, with
+manual_ops' hand-written kernels."""
 from torch import nn
 
 from ..ops.group_norm import group_norm
+from ..ops.layer_norm import layer_norm
 
 
 class GroupNorm(nn.GroupNorm):
@@ -15,3 +16,15 @@ class GroupNorm(nn.GroupNorm):
 
     def forward(self, input):
         return group_norm(input, self.num_groups, self.weight, self.bias, self.eps)
+
+
+class LayerNorm(nn.LayerNorm):
+    r""":class:`torch.nn.LayerNorm` with manual_ops' kernels (:func:`manual_ops.functional.layer_norm`).
+
+    Shape:
+        - Input: :math:`(*, \text{normalized\_shape})`.
+        - Output: same shape as the input.
+    """
+
+    def forward(self, input):
+        return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
