@@ -17,7 +17,8 @@ from .modules.sync_batch_norm import CLAMPED, TO_SYNC, batch_norm_as, to_sync
 # The built-in layer kinds that manual_ops replaces (same class names in torch.nn and manual_ops.nn).
 _KINDS = ["Conv2d", "BatchNorm2d", "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "ReLU",
           "Sigmoid", "Tanh", "SiLU", "GELU", "LeakyReLU", "ELU", "Hardtanh", "ReLU6", "Hardswish", "Hardsigmoid",
-          "Softplus", "Dropout", "Dropout2d", "GroupNorm", "LayerNorm"]
+          "Softplus", "Dropout", "Dropout2d", "GroupNorm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
+          "InstanceNorm3d"]
 TO_MANUAL = {getattr(nn, k): getattr(mnn, k) for k in _KINDS}
 TO_BUILTIN = {ours: builtin for builtin, ours in TO_MANUAL.items()}
 TO_BUILTIN[mnn.ClampedBatchNorm2d] = nn.BatchNorm2d

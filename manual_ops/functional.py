@@ -18,6 +18,7 @@ from .ops.conv2d import Conv2dFunction, conv2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
 from .ops.dropout import DropoutFunction, dropout, dropout2d
 from .ops.group_norm import GroupNormFunction, group_norm
+from .ops.instance_norm import instance_norm
 from .ops.layer_norm import LayerNormFunction, layer_norm
 from .ops.linear import LinearFunction, linear
 from .ops.pooling import (
@@ -60,6 +61,7 @@ __all__ = [
     "hardsigmoid",
     "hardswish",
     "hardtanh",
+    "instance_norm",
     "layer_norm",
     "leaky_relu",
     "linear",

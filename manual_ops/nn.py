@@ -18,7 +18,7 @@ from .modules.conv import Conv2d
 from .modules.dropout import Dropout, Dropout2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
-from .modules.normalization import GroupNorm, LayerNorm
+from .modules.normalization import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 from .modules.pooling import AdaptiveAvgPool2d, AvgPool2d, MaxPool2d
 from .modules.sync_batch_norm import ClampedSyncBatchNorm, SyncBatchNorm
 
@@ -38,6 +38,9 @@ __all__ = [
     "Hardsigmoid",
     "Hardswish",
     "Hardtanh",
+    "InstanceNorm1d",
+    "InstanceNorm2d",
+    "InstanceNorm3d",
     "LayerNorm",
     "LeakyReLU",
     "Linear",

@@ -84,6 +84,10 @@ def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, **kwargs
     return all(p is None or p.dtype == dtype for p in params)
 
 
+def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, *args, **kwargs) -> bool:
+    return _batch_norm(input, running_mean, running_var, weight, bias)
+
+
 def _cross_entropy(input, target, weight=None, *args, **kwargs) -> bool:
     return _one_dtype(input, weight) and input.dim() >= 1 and _plain(target) and \
         target.dtype in _INDEX_DTYPES | _DTYPES
@@ -123,6 +127,7 @@ ROUTES = (
     Route(mF.cross_entropy, (F.cross_entropy,), takes=_cross_entropy),
     Route(mF.group_norm, (F.group_norm,), takes=_group_norm),
     Route(mF.layer_norm, (F.layer_norm,), takes=_layer_norm),
+    Route(mF.instance_norm, (F.instance_norm,), takes=_instance_norm),
     # The activations. F.sigmoid and F.tanh call Tensor.sigmoid / Tensor.tanh, so the mode sees those; their
     # in-place spellings (torch.sigmoid_, Tensor.tanh_, ...) stay torch's, as ours take no `inplace`.
     Route(mF.sigmoid, (torch.sigmoid, torch.Tensor.sigmoid)),

@@ -123,3 +123,13 @@ def test_per_sample_family_times_vmap_grad_and_a_loop():
         torch.testing.assert_close(g, builtin[name], rtol=1e-4, atol=1e-5)
     r = bench.measure(cases[0], reps=1, warmup=0)
     assert r.ours_ms > 0 and r.builtin_ms > 0
+
+
+def test_norm_family_times_group_and_layer_norm_in_both_dtypes():
+    from manual_ops.bench import norm
+    for dtype in (torch.float32, torch.bfloat16):
+        cases = norm.cases(dtype=dtype)
+        assert {c.name.split()[0] for c in cases} == {"group_norm", "layer_norm"}
+        for c in cases[:1] + cases[-1:]:  # one of each: they run, ours and the built-in
+            c.ours(), c.builtin()
+    assert "norm" in bench.FAMILIES and "norm-bf16" in bench.FAMILIES

@@ -62,7 +62,8 @@ IMPLEMENTED = {
     **{(f"nn.functional.{name}", ""): getattr(mF, name) for name in (
         "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "linear", "relu",
         "cross_entropy", "silu", "gelu", "leaky_relu", "elu", "hardtanh", "relu6", "hardswish", "hardsigmoid",
-        "softplus", "dropout", "dropout2d", "group_norm", "layer_norm")},
+        "softplus", "dropout", "dropout2d", "group_norm", "layer_norm",
+        "instance_norm")},
     ("nn.functional.batch_norm", "without_cudnn"): mF.batch_norm,
     ("sigmoid", ""): mF.sigmoid,
     ("tanh", ""): mF.tanh,

@@ -20,7 +20,7 @@ import torch
 
 # family name -> (module under manual_ops.bench, dtype of its cases)
 _MODULES = {"conv": "conv", "bn": "batch_norm", "pool": "pooling", "basic": "basic", "train": "train_step",
-            "small": "small", "act": "activation"}
+            "small": "small", "act": "activation", "norm": "norm"}
 FAMILIES = {**{name: (module, torch.float32) for name, module in _MODULES.items()},
             **{f"{name}-bf16": (module, torch.bfloat16) for name, module in _MODULES.items()},
             "per-sample": ("per_sample", torch.float32)}  # torch.func's vmap(grad) and a loop; no bf16 twin

@@ -1,8 +1,9 @@
-"""GroupNorm and LayerNorm as drop-ins for torch.nn's: the same constructors, init, repr and state_dict, with
+"""GroupNorm, LayerNorm and InstanceNorm1d/2d/3d as drop-ins for torch.nn's: the same constructors, init, repr and state_dict, with
 manual_ops' hand-written kernels."""
 from torch import nn
 
 from ..ops.group_norm import group_norm
+from ..ops.instance_norm import instance_norm
 from ..ops.layer_norm import layer_norm
 
 
@@ -28,3 +29,26 @@ class LayerNorm(nn.LayerNorm):
 
     def forward(self, input):
         return layer_norm(input, self.normalized_shape, self.weight, self.bias, self.eps)
+
+
+class _InstanceNormMixin:
+    """torch's _InstanceNorm with manual_ops' kernels (:func:`manual_ops.functional.instance_norm`): torch's
+    forward (its checks, an unbatched input) calls this in place of F.instance_norm."""
+
+    def _apply_instance_norm(self, input):
+        return instance_norm(input, self.running_mean, self.running_var, self.weight, self.bias,
+                             self.training or not self.track_running_stats,
+                             self.momentum if self.momentum is not None else 0.0, self.eps)
+
+
+class InstanceNorm1d(_InstanceNormMixin, nn.InstanceNorm1d):
+    """:class:`torch.nn.InstanceNorm1d` with manual_ops' kernels. Shape: :math:`(N, C, L)` or :math:`(C, L)`."""
+
+
+class InstanceNorm2d(_InstanceNormMixin, nn.InstanceNorm2d):
+    """:class:`torch.nn.InstanceNorm2d` with manual_ops' kernels. Shape: :math:`(N, C, H, W)` or :math:`(C, H, W)`."""
+
+
+class InstanceNorm3d(_InstanceNormMixin, nn.InstanceNorm3d):
+    """:class:`torch.nn.InstanceNorm3d` with manual_ops' kernels. Shape: :math:`(N, C, D, H, W)` or
+    :math:`(C, D, H, W)`."""
