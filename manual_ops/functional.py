@@ -14,6 +14,7 @@ from .ops.activation import (
     tanh,
 )
 from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
+from .ops.conv1d import conv1d
 from .ops.conv2d import Conv2dFunction, conv2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
 from .ops.dropout import DropoutFunction, dropout, dropout2d
@@ -51,6 +52,7 @@ __all__ = [
     "avg_pool2d",
     "batch_norm",
     "clamped_batch_norm",
+    "conv1d",
     "conv2d",
     "cross_entropy",
     "dropout",

@@ -54,6 +54,10 @@ def _conv2d(input, weight, bias=None, *args, **kwargs) -> bool:
     return _one_dtype(input, weight, bias) and input.dim() in (3, 4) and weight.dim() == 4
 
 
+def _conv1d(input, weight, bias=None, *args, **kwargs) -> bool:
+    return _one_dtype(input, weight, bias) and input.dim() in (2, 3) and weight.dim() == 3
+
+
 def _linear(input, weight, bias=None) -> bool:
     # torch's also takes a 1-D weight, and a bias that broadcasts to (out_features,)
     return _one_dtype(input, weight, bias) and input.dim() >= 1 and weight.dim() == 2 and \
@@ -116,6 +120,7 @@ class Route(NamedTuple):
 ROUTES = (
     Route(mF.relu, (F.relu, torch.relu, torch.Tensor.relu), in_place=(torch.relu_, torch.Tensor.relu_)),
     Route(mF.conv2d, (torch.conv2d,), takes=_conv2d),
+    Route(mF.conv1d, (torch.conv1d,), takes=_conv1d),
     Route(mF.linear, (F.linear,), takes=_linear),  # F.linear is torch._C._nn.linear
     Route(mF.batch_norm, (F.batch_norm,), takes=_batch_norm),
     Route(mF.max_pool2d, (F.max_pool2d, torch.max_pool2d), takes=_pooling),

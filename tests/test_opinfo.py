@@ -60,7 +60,7 @@ LOW = (torch.bfloat16, torch.float16)  # forward values only
 # The OpInfos we implement: (name, variant_test_name) -> our functional.
 IMPLEMENTED = {
     **{(f"nn.functional.{name}", ""): getattr(mF, name) for name in (
-        "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "linear", "relu",
+        "conv1d", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "linear", "relu",
         "cross_entropy", "silu", "gelu", "leaky_relu", "elu", "hardtanh", "relu6", "hardswish", "hardsigmoid",
         "softplus", "dropout", "dropout2d", "group_norm", "layer_norm",
         "instance_norm")},
@@ -119,6 +119,7 @@ KNOWN_GAPS = [
     _dtype_gap("nn.functional.max_pool2d", INTS, RuntimeError, _not_floating("max_pool2d")),
     _dtype_gap("nn.functional.avg_pool2d", (torch.int64,), RuntimeError, _not_floating("avg_pool2d")),
     _dtype_gap("nn.functional.conv2d", (torch.int64, *COMPLEX), RuntimeError, _not_floating("conv2d")),
+    _dtype_gap("nn.functional.conv1d", (torch.int64, *COMPLEX), RuntimeError, _not_floating("conv2d")),
     _dtype_gap("nn.functional.linear", INTS + COMPLEX, RuntimeError, _not_floating("linear")),
     _dtype_gap("sigmoid", COMPLEX, NotImplementedError, '"sigmoid" not implemented for'),
     _dtype_gap("tanh", COMPLEX, NotImplementedError, '"tanh" not implemented for'),
@@ -382,6 +383,16 @@ ERROR_MESSAGES = {
     ("nn.functional.conv2d", "expected weight to be at least 3 at dimension 0"):
         r"^conv2d: given groups=3, expected weight to be divisible by 3 at dimension 0, but got weight of size "
         r"\[2, 2, 1, 3\]$",
+    # conv1d is conv2d on the one-row view: conv2d's words, with the view's 4-D weight
+    ("nn.functional.conv1d", "should be the same"):
+        r"^conv2d: expected input to be float32, float64, bfloat16 or float16, but got Long$"
+        r"|^conv2d: expected input and bias to have the same dtype, but got input of dtype Double and bias of "
+        r"dtype ComplexDouble$",
+    ("nn.functional.conv1d", "dilation should be greater than zero"):
+        r"^conv2d: non-positive dilation is not supported, got dilation=\[1, -1\]$",
+    ("nn.functional.conv1d", "expected weight to be at least 3 at dimension 0"):
+        r"^conv2d: given groups=3, expected weight to be divisible by 3 at dimension 0, but got weight of size "
+        r"\[2, 2, 1, 2\]$",
     ("CrossEntropyLoss", "Expected floating point type for target with class probabilities"):
         r"^cross_entropy: expected a floating point target for class probabilities \(target of the input's size "
         r"\[2, 3\]\), but got target of dtype Long$",
