@@ -15,7 +15,7 @@ from .modules._swap import check_devices, same_state_as, swap
 from .modules.sync_batch_norm import CLAMPED, TO_SYNC, batch_norm_as, to_sync
 
 # The built-in layer kinds that manual_ops replaces (same class names in torch.nn and manual_ops.nn).
-_KINDS = ["Conv1d", "Conv2d", "BatchNorm2d", "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "ReLU",
+_KINDS = ["Conv1d", "Conv2d", "ConvTranspose2d", "BatchNorm2d", "SyncBatchNorm", "MaxPool2d", "AvgPool2d", "AdaptiveAvgPool2d", "Linear", "ReLU",
           "Sigmoid", "Tanh", "SiLU", "GELU", "LeakyReLU", "ELU", "Hardtanh", "ReLU6", "Hardswish", "Hardsigmoid",
           "Softplus", "Dropout", "Dropout2d", "GroupNorm", "LayerNorm", "InstanceNorm1d", "InstanceNorm2d",
           "InstanceNorm3d"]

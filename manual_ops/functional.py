@@ -16,6 +16,7 @@ from .ops.activation import (
 from .ops.batch_norm import BatchNormFunction, batch_norm, clamped_batch_norm
 from .ops.conv1d import conv1d
 from .ops.conv2d import Conv2dFunction, conv2d
+from .ops.conv_transpose2d import ConvTranspose2dFunction, conv_transpose2d
 from .ops.cross_entropy import CrossEntropyFunction, cross_entropy
 from .ops.dropout import DropoutFunction, dropout, dropout2d
 from .ops.group_norm import GroupNormFunction, group_norm
@@ -40,6 +41,7 @@ __all__ = [
     "AvgPool2dFunction",
     "BatchNormFunction",
     "Conv2dFunction",
+    "ConvTranspose2dFunction",
     "CrossEntropyFunction",
     "DropoutFunction",
     "GroupNormFunction",
@@ -54,6 +56,7 @@ __all__ = [
     "clamped_batch_norm",
     "conv1d",
     "conv2d",
+    "conv_transpose2d",
     "cross_entropy",
     "dropout",
     "dropout2d",

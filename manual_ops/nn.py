@@ -14,7 +14,7 @@ from .modules.activation import (
     Tanh,
 )
 from .modules.batch_norm import BatchNorm2d, ClampedBatchNorm2d
-from .modules.conv import Conv1d, Conv2d
+from .modules.conv import Conv1d, Conv2d, ConvTranspose2d
 from .modules.dropout import Dropout, Dropout2d
 from .modules.linear import Linear
 from .modules.loss import CrossEntropyLoss
@@ -30,6 +30,7 @@ __all__ = [
     "ClampedSyncBatchNorm",
     "Conv1d",
     "Conv2d",
+    "ConvTranspose2d",
     "CrossEntropyLoss",
     "Dropout",
     "Dropout2d",

@@ -121,6 +121,7 @@ ROUTES = (
     Route(mF.relu, (F.relu, torch.relu, torch.Tensor.relu), in_place=(torch.relu_, torch.Tensor.relu_)),
     Route(mF.conv2d, (torch.conv2d,), takes=_conv2d),
     Route(mF.conv1d, (torch.conv1d,), takes=_conv1d),
+    Route(mF.conv_transpose2d, (torch.conv_transpose2d,), takes=_conv2d),
     Route(mF.linear, (F.linear,), takes=_linear),  # F.linear is torch._C._nn.linear
     Route(mF.batch_norm, (F.batch_norm,), takes=_batch_norm),
     Route(mF.max_pool2d, (F.max_pool2d, torch.max_pool2d), takes=_pooling),

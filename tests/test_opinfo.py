@@ -60,7 +60,7 @@ LOW = (torch.bfloat16, torch.float16)  # forward values only
 # The OpInfos we implement: (name, variant_test_name) -> our functional.
 IMPLEMENTED = {
     **{(f"nn.functional.{name}", ""): getattr(mF, name) for name in (
-        "conv1d", "conv2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "linear", "relu",
+        "conv1d", "conv2d", "conv_transpose2d", "max_pool2d", "avg_pool2d", "adaptive_avg_pool2d", "batch_norm", "linear", "relu",
         "cross_entropy", "silu", "gelu", "leaky_relu", "elu", "hardtanh", "relu6", "hardswish", "hardsigmoid",
         "softplus", "dropout", "dropout2d", "group_norm", "layer_norm",
         "instance_norm")},
@@ -120,6 +120,9 @@ KNOWN_GAPS = [
     _dtype_gap("nn.functional.avg_pool2d", (torch.int64,), RuntimeError, _not_floating("avg_pool2d")),
     _dtype_gap("nn.functional.conv2d", (torch.int64, *COMPLEX), RuntimeError, _not_floating("conv2d")),
     _dtype_gap("nn.functional.conv1d", (torch.int64, *COMPLEX), RuntimeError, _not_floating("conv2d")),
+    _dtype_gap("nn.functional.conv_transpose2d", (torch.int64, *COMPLEX), RuntimeError,
+               _not_floating("conv_transpose2d")),
+    _dtype_gap("ConvTranspose2d", (torch.complex32, *COMPLEX), RuntimeError, _not_floating("conv_transpose2d")),
     _dtype_gap("nn.functional.linear", INTS + COMPLEX, RuntimeError, _not_floating("linear")),
     _dtype_gap("sigmoid", COMPLEX, NotImplementedError, '"sigmoid" not implemented for'),
     _dtype_gap("tanh", COMPLEX, NotImplementedError, '"tanh" not implemented for'),
