@@ -36,6 +36,8 @@ template <typename T>
 KernelStub<affine_rows_fn<T>> BatchNormStubs<T>::affine_rows{};
 template <typename T>
 KernelStub<affine_nlc_rows_fn<T>> BatchNormStubs<T>::affine_nlc_rows{};
+template <typename T>
+KernelStub<row_totals_fn<T>> BatchNormStubs<T>::row_totals{};
 template struct BatchNormStubs<float>;
 template struct BatchNormStubs<double>;
 template struct BatchNormStubs<c10::BFloat16>;

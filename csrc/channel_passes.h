@@ -102,6 +102,27 @@ struct SumTerms {
   std::vector<opmath_t> ku, m;
 };
 
+// The sums of channel_sums when each channel is one contiguous row (NCL with N = 1: group_norm's groups and
+// (sample, channel) rows, a batch of one sample), in parallel over the channels: each row in chunks of kChunk
+// values (row_totals: kLanes lanes, added pairwise), added to its acc_t sums chunk by chunk, as channel_sums adds
+// a long row (and the same sums as its short-row path, whose lanes then hold one row each). The blocks of
+// channel_sums would each keep and add up partial sums of every channel, which costs O(blocks * C) where C is
+// large.
+template <typename scalar_t, typename opmath_t, typename acc_t>
+void row_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  const int64_t C = g.C, L = g.L;
+  S1.assign(C, 0), S2.assign(C, 0);
+  at::parallel_for(0, C, std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, L)),
+                   [&](int64_t c0, int64_t c1) {
+    std::vector<opmath_t> t1(c1 - c0), t2(c1 - c0);
+    for (int64_t l = 0; l < L; l += kChunk) {
+      BatchNormStubs<scalar_t>::row_totals(t.u + c0 * L + l, t.v + c0 * L + l, c1 - c0, std::min(kChunk, L - l), L,
+                                           &t.ku[c0], &t.m[c0], t1.data(), t2.data());
+      for (int64_t c = c0; c < c1; ++c) S1[c] += t1[c - c0], S2[c] += t2[c - c0];
+    }
+  });
+}
+
 // Per-channel sums S1[c], S2[c] of SumTerms over the M values of each channel. Memory is read in
 // order, as rows (NCL: N*C rows of L values, row r in channel r % C; NLC: M rows of C values)
 // split into blocks of whole rows (one per at::internal::GRAIN_SIZE values, at most kBlocks: a
@@ -113,6 +134,7 @@ struct SumTerms {
 // costs no horizontal reduction; rows_sums), NLC rows into one partial sum per channel (nlc_rows_sums).
 template <typename scalar_t, typename opmath_t, typename acc_t>
 void channel_sums(const Geometry& g, const SumTerms<scalar_t>& t, std::vector<acc_t>& S1, std::vector<acc_t>& S2) {
+  if (g.N == 1 && !g.nlc) return row_sums<scalar_t, opmath_t>(g, t, S1, S2);
   constexpr int64_t kBlocks = 16;
   const int64_t C = g.C, L = g.L, rows = g.nlc ? g.M() : g.N * C;
   const int64_t by_size = std::clamp<int64_t>(g.M() * C / at::internal::GRAIN_SIZE, 1, kBlocks);

@@ -12,6 +12,7 @@ from torch import nn
 
 from . import nn as mnn
 from .modules._swap import check_devices, same_state_as, swap
+from .modules.normalization import channel_layer_norm_for
 from .modules.sync_batch_norm import CLAMPED, TO_SYNC, batch_norm_as, to_sync
 
 # The built-in layer kinds that manual_ops replaces (same class names in torch.nn and manual_ops.nn).
@@ -28,6 +29,8 @@ def convert(model: nn.Module, *, clamped_beta: float | None = None, sync_bn: boo
             process_group=None) -> nn.Module:
     """Replaces, in place, every built-in layer of a kind manual_ops provides (exact type match) by
     manual_ops' version, and returns the model (a new object only when the root itself is converted).
+    torchvision's LayerNorm2d (ConvNeXt's LayerNorm over the channels) becomes a subclass of it with manual_ops'
+    layer_norm; torchvision's composite blocks (Conv2dNormActivation, ...) are converted by their contents.
 
     Args:
         model: any ``torch.nn.Module``, on the CPU (or the meta device).
@@ -39,14 +42,18 @@ def convert(model: nn.Module, *, clamped_beta: float | None = None, sync_bn: boo
     Raises:
         NotImplementedError: a layer to convert is on another device (cuda, mps, ...); nothing is changed.
     """
-    check_devices(model, set(TO_MANUAL) | (TO_SYNC | CLAMPED if sync_bn else set()))
+    channel_layer_norms = {type(m) for m in model.modules() if channel_layer_norm_for(type(m))}
+    check_devices(model, set(TO_MANUAL) | channel_layer_norms | (TO_SYNC | CLAMPED if sync_bn else set()))
 
     def replace(module):
         if sync_bn and (type(module) in TO_SYNC or type(module) in CLAMPED):
             return to_sync(module, process_group, clamped_beta)
         cls = TO_MANUAL.get(type(module))
         if cls is None:
-            return None
+            cls = channel_layer_norm_for(type(module))  # torchvision's LayerNorm2d, by its name
+            if cls is None:
+                return None
+            TO_BUILTIN[cls] = type(module)
         if clamped_beta is not None and cls in (mnn.BatchNorm2d, mnn.SyncBatchNorm):
             clamped = mnn.ClampedBatchNorm2d if cls is mnn.BatchNorm2d else mnn.ClampedSyncBatchNorm
             return batch_norm_as(module, clamped, getattr(module, "process_group", None), (clamped_beta, "sigma"))

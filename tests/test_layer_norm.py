@@ -287,3 +287,34 @@ def test_one_value_per_row_has_an_exactly_zero_input_gradient(dtype):
     w, b = torch.randn(1, dtype=dtype, requires_grad=True), torch.randn(1, dtype=dtype)
     (gx, gw) = torch.autograd.grad(mF.layer_norm(x, (1,), w, b), (x, w), torch.randn(7, 1, dtype=dtype))
     assert torch.equal(gx, torch.zeros_like(x)) and torch.equal(gw, torch.zeros_like(w))
+
+
+def _torchvision_layer_norm2d():
+    """torchvision's LayerNorm2d: the real class where torchvision imports, else the same code under its module
+    name (convert recognises the class by module and name, never importing torchvision)."""
+    try:
+        from torchvision.models.convnext import LayerNorm2d as real
+        return real
+    except Exception:  # not installed, or a build for another torch (CI's torch 2.13 has none)
+        return type("LayerNorm2d", (LayerNorm2d,), {"__module__": "torchvision.models.convnext"})
+
+
+def test_convert_takes_torchvisions_layer_norm2d_and_revert_gives_it_back():
+    tv_cls = _torchvision_layer_norm2d()
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), tv_cls(8, eps=1e-6), nn.GELU())
+    with torch.no_grad():
+        model[1].weight.normal_(), model[1].bias.normal_()
+    x = torch.randn(2, 3, 6, 6)
+    expected = model(x)
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    converted = manual_ops.convert(model)
+    ours = converted[1]
+    assert type(ours) is not tv_cls and isinstance(ours, tv_cls) and repr(ours) == repr(tv_cls(8, eps=1e-6))
+    assert ours.weight is model[1].weight
+    out = converted(x)
+    torch.testing.assert_close(out, expected)
+    assert not manual_ops.builtin_backward_nodes(out)
+    assert "1" in manual_ops.converted_modules(converted)
+    reverted = manual_ops.revert(converted)
+    assert type(reverted[1]) is tv_cls
+    reverted.load_state_dict(state, strict=True)

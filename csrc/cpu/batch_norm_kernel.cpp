@@ -53,6 +53,52 @@ void rows_sums(const T* u, const T* v, int64_t rows, int64_t L, int64_t c, int64
     run_sums(u + r * L, v + r * L, L, ku[c], m[c], l1 + c * kLanes, l2 + c * kLanes);
 }
 
+// The kLanes lanes of V vectors added pairwise, as lane_total in channel_passes.h: lane j += lane j + w for
+// w = kLanes / 2, ..., 1; the steps across whole vectors as vector adds, the rest within the first vector.
+template <typename Vec, int64_t V>
+inline typename Vec::value_type pairwise_total(Vec (&a)[V]) {
+  for (int64_t w = V / 2; w > 0; w /= 2)
+    for (int64_t k = 0; k < w; ++k) a[k] = a[k] + a[k + w];
+  typename Vec::value_type lanes[Vec::size()];
+  a[0].store(lanes);
+  for (int64_t w = Vec::size() / 2; w > 0; w /= 2)
+    for (int64_t j = 0; j < w; ++j) lanes[j] += lanes[j + w];
+  return lanes[0];
+}
+
+template <typename T, typename opmath_t = opmath_of<T>>
+void row_totals(const T* u, const T* v, int64_t rows, int64_t n, int64_t stride, const opmath_t* ku,
+                const opmath_t* m, opmath_t* s1, opmath_t* s2) {
+  using Vec = OpVec<T>;
+  constexpr int64_t W = Vec::size(), V = kLanes / W;
+  const bool same = u == v;
+  for (int64_t r = 0; r < rows; ++r) {
+    const T *ur = u + r * stride, *vr = v + r * stride;
+    const Vec kv(ku[r]), mv(m[r]);
+    Vec a1[V], a2[V];
+    for (int64_t k = 0; k < V; ++k) a1[k] = Vec(0), a2[k] = Vec(0);
+    auto add = [&](int64_t i, int64_t k) {
+      const Vec d = load_opmath(ur + i) - kv;
+      a1[k] = a1[k] + d;
+      a2[k] = fmadd(d, same ? d : load_opmath(vr + i) - mv, a2[k]);
+    };
+    int64_t i = 0;
+    for (; i + kLanes <= n; i += kLanes)
+      for (int64_t k = 0; k < V; ++k) add(i + k * W, k);
+    for (int64_t k = 0; i + W <= n; i += W, ++k) add(i, k);
+    if (i < n) {  // the tail into the next lanes, as run_sums does, then the totals
+      opmath_t t1[kLanes], t2[kLanes];
+      for (int64_t k = 0; k < V; ++k) a1[k].store(t1 + k * W), a2[k].store(t2 + k * W);
+      for (int64_t j = i % kLanes; i < n; ++i, ++j) {
+        const opmath_t d = opmath_t(ur[i]) - ku[r];
+        t1[j] += d, t2[j] += d * (opmath_t(vr[i]) - m[r]);
+      }
+      for (int64_t k = 0; k < V; ++k) a1[k] = Vec::loadu(t1 + k * W), a2[k] = Vec::loadu(t2 + k * W);
+    }
+    s1[r] = pairwise_total(a1), s2[r] = pairwise_total(a2);
+  }
+}
+
 template <typename T, typename opmath_t = opmath_of<T>>
 void nlc_rows_sums(const T* u, const T* v, int64_t rows, int64_t C, const opmath_t* ku, const opmath_t* m,
                    opmath_t* a1, opmath_t* a2) {
@@ -113,6 +159,7 @@ bool register_kernels() {
   BatchNormStubs<T>::nlc_rows_sums.kernels[level] = &nlc_rows_sums<T>;
   BatchNormStubs<T>::affine_rows.kernels[level] = &affine_rows<T>;
   BatchNormStubs<T>::affine_nlc_rows.kernels[level] = &affine_nlc_rows<T>;
+  BatchNormStubs<T>::row_totals.kernels[level] = &row_totals<T>;
   return true;
 }
 

@@ -40,6 +40,14 @@ template <typename T>
 using affine_nlc_rows_fn = void(const T* u, const T* v, int64_t rows, int64_t C, const opmath_of<T>* A,
                                 const opmath_of<T>* B, const opmath_of<T>* Mu, const opmath_of<T>* K, T* out);
 
+// Per row r of `rows` rows of n values, `stride` apart, each its own channel (ku[r], m[r]): the totals
+//   s1[r] = sum (u - ku[r]),  s2[r] = sum (u - ku[r]) * (v - m[r]),
+// each summed in kLanes lanes (value i into lane i mod kLanes) and the lanes added pairwise: the same sums, in
+// the same order, as rows_sums of one row into zeroed lanes and a pairwise total, without the lanes in memory.
+template <typename T>
+using row_totals_fn = void(const T* u, const T* v, int64_t rows, int64_t n, int64_t stride, const opmath_of<T>* ku,
+                           const opmath_of<T>* m, opmath_of<T>* s1, opmath_of<T>* s2);
+
 // The stubs of dtype T (defined and instantiated for the four in batch_norm.cpp).
 template <typename T>
 struct BatchNormStubs {
@@ -47,6 +55,7 @@ struct BatchNormStubs {
   static KernelStub<nlc_rows_sums_fn<T>> nlc_rows_sums;
   static KernelStub<affine_rows_fn<T>> affine_rows;
   static KernelStub<affine_nlc_rows_fn<T>> affine_nlc_rows;
+  static KernelStub<row_totals_fn<T>> row_totals;
 };
 
 }  // namespace manual_ops

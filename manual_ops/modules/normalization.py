@@ -52,3 +52,30 @@ class InstanceNorm2d(_InstanceNormMixin, nn.InstanceNorm2d):
 class InstanceNorm3d(_InstanceNormMixin, nn.InstanceNorm3d):
     """:class:`torch.nn.InstanceNorm3d` with manual_ops' kernels. Shape: :math:`(N, C, D, H, W)` or
     :math:`(C, D, H, W)`."""
+
+
+class _ChannelLayerNorm:
+    """The forward of a LayerNorm over the channel dim of an (N, C, H, W) tensor, as torchvision's LayerNorm2d
+    (ConvNeXt's) computes it: layer_norm over the last dim of the NHWC view, with manual_ops' kernels."""
+
+    def forward(self, x):
+        y = layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+        return y.permute(0, 3, 1, 2)
+
+
+_CHANNEL_LAYER_NORMS = {}  # torchvision's LayerNorm2d class -> ours
+
+
+def channel_layer_norm_for(cls):
+    """manual_ops' version of torchvision's LayerNorm2d class ``cls`` (a subclass of it, so ``isinstance``, the
+    constructor, repr and state_dict are its own, with :class:`_ChannelLayerNorm`'s forward), or None for any
+    other class. Recognised by its module and name, so that manual_ops never imports torchvision."""
+    if (cls.__module__, cls.__name__) != ("torchvision.models.convnext", "LayerNorm2d"):
+        return None
+    if cls not in _CHANNEL_LAYER_NORMS:
+        _CHANNEL_LAYER_NORMS[cls] = type("LayerNorm2d", (_ChannelLayerNorm, cls), {
+            "__module__": __name__,
+            "__doc__": "torchvision's LayerNorm2d (a LayerNorm over the channels of an NCHW tensor) with manual_ops' "
+                       "layer_norm kernels.",
+        })
+    return _CHANNEL_LAYER_NORMS[cls]
