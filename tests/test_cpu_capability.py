@@ -18,6 +18,9 @@ PORTABLE_RUNS = {
     "cross_entropy": ["tests/test_cross_entropy_kernels.py", "-k", "exp or wide_rows"],
     "conv2d": ["tests/test_conv2d.py", "-k", "parity or layouts or gradcheck or large_batch or full_correlation or property or requested"],
     "batch_norm": ["tests/test_batch_norm.py", "-k", "parity or property or layouts or gradcheck"],
+    # group_norm's passes are batch_norm's (row_totals included); layer_norm has its own row kernels
+    "group_norm": ["tests/test_group_norm.py", "-k", "parity or low_precision or property"],
+    "layer_norm": ["tests/test_layer_norm.py", "-k", "parity or float32 or low_precision or property or one_value"],
     "adaptive_avg_pool2d": ["tests/test_pooling.py", "-k", "adaptive"],
     "relu": ["tests/test_relu.py", "-k", "nan_and_signed_zero or parity or property"],
     "activations": ["tests/test_activations.py", "-k", "special_values or parity_float32 or low_precision"],
