@@ -1,0 +1,179 @@
+"""Per-sample quantities from manual_ops' backward passes, with BackPACK's names: the gradient of every sample
+(:class:`BatchGrad`, ``p.grad_batch``) and its squared norm (:class:`BatchL2Grad`, ``p.batch_l2``).
+
+Inside ``with backprop(model, BatchGrad(), BatchL2Grad()):`` each converted Linear, Conv2d and eval-mode BatchNorm2d
+keeps its input and, during ``loss.backward()``, its output gradient δ, and computes the per-sample gradients of its
+parameters from those two factors (derivation: docs/derivations.md, "Per-sample gradients"):
+
+- linear: ``grad_batch[n] = Σ_t δ[n, t]ᵀ x[n, t]`` (t over any middle dims) and ``Σ_t δ[n, t]`` for the bias;
+  ``batch_l2[n] = ‖δ_n‖² ‖x_n‖²`` for a 2-D input (no per-sample gradient is made), the Gram form
+  ``⟨δ_n δ_nᵀ, x_n x_nᵀ⟩`` over t for a sequence;
+- conv2d: the per-sample weight gradients are one grouped conv2d backward (manual_ops' dW kernel) of the samples
+  folded into the channels, groups × N (the vmap rule's fold); ``Σ_hw δ`` for the bias;
+- batch norm in eval mode: ``Σ_hw δ x̂`` and ``Σ_hw δ`` per sample, x̂ from the running statistics.
+
+Scaling is BackPACK's: the per-sample gradients are those of the loss as reduced (a mean reduction divides each by
+N), so ``grad_batch`` sums to ``grad`` over the samples, and ``p.grad`` itself is unchanged. A layer the extensions
+do not cover (a train-mode batch norm, whose per-sample gradients couple through the batch statistics, and the
+other normalisations) raises NotImplementedError on entry rather than giving a wrong answer.
+"""
+import contextlib
+from dataclasses import dataclass
+
+import torch
+
+from .modules.batch_norm import BatchNorm2d
+from .modules.conv import Conv2d
+from .modules.linear import Linear
+
+_ops = torch.ops.manual_ops
+
+
+@dataclass(frozen=True)
+class BatchGrad:
+    """The gradient of each sample: ``p.grad_batch``, of size (N, *p.shape)."""
+
+    savefield = "grad_batch"
+
+
+@dataclass(frozen=True)
+class BatchL2Grad:
+    """The squared L2 norm of each sample's gradient: ``p.batch_l2``, of size (N,)."""
+
+    savefield = "batch_l2"
+
+
+def _linear_factors(x, delta):
+    """(x, δ) as (N, T, in) and (N, T, out), T the product of the middle dims (1 for a 2-D input)."""
+    return x.reshape(x.shape[0], -1, x.shape[-1]), delta.reshape(delta.shape[0], -1, delta.shape[-1])
+
+
+def _linear(module, x, delta, batch, l2):
+    x3, d3 = _linear_factors(x, delta)
+    g = torch.bmm(d3.transpose(1, 2), x3) if batch else None  # Σ_t δ_tᵀ x_t per sample
+    if not l2:
+        n2 = None
+    elif g is not None:
+        n2 = g.flatten(1).square().sum(1)
+    elif x3.shape[1] == 1:  # ‖δ xᵀ‖² = ‖δ‖² ‖x‖²: nothing materialised
+        n2 = d3.square().sum((1, 2)) * x3.square().sum((1, 2))
+    else:  # ‖Σ_t δ_tᵀ x_t‖² = Σ_{t,s} (δ_t·δ_s)(x_t·x_s), the Gram form over the T positions
+        n2 = (torch.bmm(d3, d3.transpose(1, 2)) * torch.bmm(x3, x3.transpose(1, 2))).sum((1, 2))
+    results = {"weight": (g, n2)}
+    if module.bias is not None:
+        gb = d3.sum(1)
+        results["bias"] = (gb if batch else None, gb.square().sum(1) if l2 else None)
+    return results
+
+
+def _conv2d(module, x, delta, batch, l2):
+    if x.dim() == 3:
+        x, delta = x.unsqueeze(0), delta.unsqueeze(0)
+    N, (O, Cg, kh, kw) = x.shape[0], module.weight.shape
+    padding = module.padding
+    if isinstance(padding, str):  # 'valid' / 'same': the pads the module's conv used, from torch's rule
+        total = [d * (k - 1) for d, k in zip(module.dilation, (kh, kw))] if padding == "same" else [0, 0]
+        pads = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
+    else:
+        pads = (padding[0], padding[1], padding[0], padding[1])
+    if module.padding_mode != "zeros":
+        x = torch.nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
+        pads = (0, 0, 0, 0)
+    # the samples folded into the channels: one grouped conv2d whose groups are (sample, group) pairs
+    folded_x = x.reshape(1, N * x.shape[1], *x.shape[2:])
+    folded_delta = delta.reshape(1, N * O, *delta.shape[2:])
+    folded_w = module.weight.detach().expand(N, O, Cg, kh, kw).reshape(N * O, Cg, kh, kw)
+    grad_w = _ops.conv2d_backward(folded_delta, folded_x, folded_w, list(module.stride), list(pads),
+                                  list(module.dilation), N * module.groups, [False, True, False])[1]
+    results = {"weight": grad_w.reshape(N, O, Cg, kh, kw)}
+    if module.bias is not None:
+        results["bias"] = delta.sum((2, 3))
+    return {name: (g if batch else None, g.flatten(1).square().sum(1) if l2 else None) for name, g in results.items()}
+
+
+def _batch_norm_eval(module, x, delta, batch, l2):
+    shape = (1, -1) + (1,) * (x.dim() - 2)
+    xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    dims = tuple(range(2, x.dim()))
+    results = {"weight": (delta * xhat).sum(dims), "bias": delta.sum(dims)}
+    return {name: (g if batch else None, g.square().sum(1) if l2 else None) for name, g in results.items()
+            if getattr(module, name) is not None}
+
+
+_RULES = {Linear: _linear, Conv2d: _conv2d}
+
+
+def _rule(module):
+    if type(module) in _RULES:
+        return _RULES[type(module)]
+    if type(module) is BatchNorm2d:  # not the clamped one: its clamped channels' gradients differ
+        if module.training or not module.track_running_stats:
+            raise NotImplementedError(
+                f"manual_ops.extensions: {type(module).__name__} in training mode (or without running statistics): its "
+                "per-sample gradients couple through the batch statistics, which these extensions do not derive yet; "
+                "put the model in eval mode")
+        return _batch_norm_eval
+    if any(p.requires_grad for p in module.parameters(recurse=False)):
+        raise NotImplementedError(
+            f"manual_ops.extensions: no per-sample rule for {type(module).__name__} (the extensions cover "
+            "manual_ops.nn.Linear, Conv2d and eval-mode BatchNorm2d: convert the model with manual_ops.convert)")
+    return None
+
+
+def _store(param, field, value):
+    if value is None:
+        return
+    previous = getattr(param, field, None)
+    setattr(param, field, value if previous is None else previous + value)  # a layer called twice: summed
+
+
+@contextlib.contextmanager
+def backprop(model, *extensions):
+    """Computes ``extensions`` (:class:`BatchGrad`, :class:`BatchL2Grad`) in every backward pass run inside the
+    block, for every parameter of ``model`` that requires grad, into ``p.grad_batch`` and ``p.batch_l2``.
+
+    Args:
+        model: a model converted by :func:`manual_ops.convert` (its parameterised layers are manual_ops' Linear,
+            Conv2d and BatchNorm2d in eval mode; any other layer with parameters raises NotImplementedError).
+        extensions: instances of :class:`BatchGrad` and :class:`BatchL2Grad`.
+
+    The fields are reset on entry; each backward adds to them, as ``p.grad`` accumulates.
+    """
+    kinds = {type(e) for e in extensions}
+    unknown = kinds - {BatchGrad, BatchL2Grad}
+    if unknown:
+        raise NotImplementedError(f"manual_ops.extensions: {sorted(k.__name__ for k in unknown)} not implemented; "
+                                  "available: BatchGrad, BatchL2Grad")
+    batch, l2 = BatchGrad in kinds, BatchL2Grad in kinds
+    layers = [(m, _rule(m)) for m in model.modules()]
+    layers = [(m, rule) for m, rule in layers if rule is not None]
+    for m, _ in layers:
+        for p in m.parameters(recurse=False):
+            for field in ("grad_batch", "batch_l2"):
+                if hasattr(p, field):
+                    delattr(p, field)
+
+    def forward_hook(module, args, output, rule):
+        x = args[0].detach()
+        if not output.requires_grad:
+            return
+
+        def on_grad(delta):
+            for name, (g, n2) in rule(module, x, delta.detach(), batch, l2).items():
+                param = getattr(module, name)
+                if param is None or not param.requires_grad:
+                    continue
+                if batch:
+                    _store(param, "grad_batch", g)
+                if l2:
+                    _store(param, "batch_l2", n2)
+
+        output.register_hook(on_grad)
+
+    handles = [m.register_forward_hook(lambda module, args, output, rule=rule: forward_hook(module, args, output, rule))
+               for m, rule in layers]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
