@@ -114,9 +114,12 @@ def test_per_sample_family_times_vmap_grad_and_a_loop():
     assert bench.FAMILIES["per-sample"] == ("per_sample", torch.float32) and "per-sample-bf16" not in bench.FAMILIES
     cases = per_sample.cases(batch=2, input_size=8)
     assert [c.name for c in cases] == ["resnet-small vmap(grad), batch 2",
-                                       "resnet-small grad in a Python loop, batch 2"]
+                                       "resnet-small grad in a Python loop, batch 2",
+                                       "resnet-small BatchGrad (extensions) vs built-in vmap(grad), batch 2",
+                                       "resnet-small BatchL2Grad (extensions) vs built-in vmap(grad), batch 2"]
     vmapped, looped = cases[0].ours(), cases[1].ours()  # per-sample grads, stacked and as a list
     builtin = cases[0].builtin()
+    cases[2].ours(), cases[3].ours()  # the extensions' runs (their values: tests/test_extensions.py)
     for name, g in vmapped.items():
         assert g.shape[0] == 2
         torch.testing.assert_close(g, torch.stack([sample[name] for sample in looped]))
