@@ -49,6 +49,25 @@ inline at::ScalarType param_type(const Tensor& input, std::initializer_list<std:
 }
 
 
+// A normalisation's weight or bias: of the parameter dtype ptype (param_type).
+inline void check_param_dtype(const char* op, const char* name, const Tensor& t, const Tensor& input,
+                              at::ScalarType ptype) {
+  TORCH_CHECK(t.scalar_type() == ptype, op, ": expected ", name, " of dtype ", ptype, " for input of dtype ",
+              input.scalar_type(), " (weight and bias have the input's dtype, or both float32 for a bfloat16 or ",
+              "float16 input), but got ", name, " of dtype ", t.scalar_type());
+}
+
+// A normalisation's saved mean and rstd, given to its backward: `count` values each (one per `unit`), of the
+// parameter dtype.
+inline void check_saved_stats(const char* op, const Tensor& mean, const Tensor& rstd, int64_t count, const char* unit,
+                              at::ScalarType ptype) {
+  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"save_mean", mean}, {"save_rstd", rstd}}) {
+    TORCH_CHECK(t.numel() == count && t.scalar_type() == ptype, op, ": expected ", name, " of ", count,
+                " elements (one per ", unit, ") and dtype ", ptype, ", but got one of size ", t.sizes(), " and dtype ",
+                t.scalar_type());
+  }
+}
+
 // Writes the C values v (any arithmetic type) into the 1-D floating tensor t, converting each to t's dtype.
 // Read and written element by element, so the per-channel tensors cost no ATen conversions.
 template <typename acc_t>

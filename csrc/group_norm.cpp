@@ -51,9 +51,7 @@ void check_group_norm(const char* op, const Tensor& input, int64_t num_groups, c
     TORCH_CHECK(t->dim() == 1 && t->numel() == input.size(1), "Expected ", name,
                 " to be a vector of size equal to the number of channels in input, but got ", name, " of shape ",
                 t->sizes(), " and input of shape ", input.sizes());
-    TORCH_CHECK(t->scalar_type() == ptype, op, ": expected ", name, " of dtype ", ptype, " for input of dtype ",
-                input.scalar_type(), " (weight and bias have the input's dtype, or both float32 for a bfloat16 or ",
-                "float16 input), but got ", name, " of dtype ", t->scalar_type());
+    check_param_dtype(op, name, *t, input, ptype);
   }
 }
 
@@ -129,11 +127,7 @@ std::tuple<Tensor, Tensor, Tensor> group_norm_backward(const Tensor& grad_output
   check_same_dtype(op, "input", input, "grad_output", grad_output);
   const Groups g = groups_of(input, num_groups);
   const at::ScalarType ptype = param_type(input, {weight, save_mean, save_rstd});
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"save_mean", save_mean}, {"save_rstd", save_rstd}}) {
-    TORCH_CHECK(t.numel() == g.N * g.G && t.scalar_type() == ptype, op, ": expected ", name, " of ", g.N * g.G,
-                " elements (N, num_groups) and dtype ", ptype, ", but got one of size ", t.sizes(), " and dtype ",
-                t.scalar_type());
-  }
+  check_saved_stats(op, save_mean, save_rstd, g.N * g.G, "(sample, group)", ptype);
   at::AutoDispatchBelowADInplaceOrView guard;
   const Tensor x = input.contiguous();
   const Tensor dy = grad_output.contiguous();

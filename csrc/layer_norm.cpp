@@ -58,9 +58,7 @@ void check_layer_norm(const char* op, const Tensor& input, at::IntArrayRef norma
     if (!has(t)) continue;
     TORCH_CHECK(t->sizes() == normalized_shape, "Expected ", name, " to be of same shape as normalized_shape, but got ",
                 name, " of shape ", t->sizes(), " and normalized_shape = ", normalized_shape);
-    TORCH_CHECK(t->scalar_type() == ptype, op, ": expected ", name, " of dtype ", ptype, " for input of dtype ",
-                input.scalar_type(), " (weight and bias have the input's dtype, or both float32 for a bfloat16 or ",
-                "float16 input), but got ", name, " of dtype ", t->scalar_type());
+    check_param_dtype(op, name, *t, input, ptype);
   }
 }
 
@@ -142,11 +140,7 @@ std::tuple<Tensor, Tensor, Tensor> layer_norm_backward(const Tensor& grad_output
   check_same_dtype(op, "input", input, "grad_output", grad_output);
   const Rows g = rows_of(input, normalized_shape);
   const at::ScalarType ptype = param_type(input, {weight, save_mean, save_rstd});
-  for (const auto& [name, t] : {std::pair<const char*, const Tensor&>{"save_mean", save_mean}, {"save_rstd", save_rstd}}) {
-    TORCH_CHECK(t.numel() == g.R && t.scalar_type() == ptype, op, ": expected ", name, " of ", g.R,
-                " elements (one per row) and dtype ", ptype, ", but got one of size ", t.sizes(), " and dtype ",
-                t.scalar_type());
-  }
+  check_saved_stats(op, save_mean, save_rstd, g.R, "row", ptype);
   at::AutoDispatchBelowADInplaceOrView guard;
   const Tensor x = input.contiguous();
   const Tensor dy = grad_output.contiguous();

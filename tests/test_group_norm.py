@@ -232,6 +232,9 @@ def test_errors_are_torchs():
         mF.group_norm(torch.randn(2, 6, 3, dtype=f64), 2, torch.randn(6))
     with pytest.raises(RuntimeError, match="expected num_groups to be positive"):
         ops.group_norm_forward(torch.randn(2, 6, 3), -2, None, None, 1e-5)
+    with pytest.raises(RuntimeError, match=r"expected save_mean of 4 elements \(one per \(sample, group\)\)"):
+        ops.group_norm_backward(torch.randn(2, 6, 3), torch.randn(2, 6, 3), 2, torch.zeros(3), torch.ones(2, 2), None,
+                                [True, True, True])
     with pytest.raises(RuntimeError, match="expected grad_output of size"):
         ops.group_norm_backward(torch.randn(2, 6, 4), torch.randn(2, 6, 3), 2, torch.zeros(2, 2), torch.ones(2, 2),
                                 None, [True, True, True])

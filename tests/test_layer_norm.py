@@ -213,6 +213,9 @@ def test_errors_are_torchs():
             mF.layer_norm(*args)
     with pytest.raises(RuntimeError, match="expected weight of dtype Double for input of dtype Double"):
         mF.layer_norm(x.double(), (4,), torch.randn(4))
+    with pytest.raises(RuntimeError, match=r"expected save_rstd of 6 elements \(one per row\) and dtype Float"):
+        ops.layer_norm_backward(torch.randn(2, 3, 4), x, [4], torch.zeros(2, 3, 1), torch.ones(2, 3, 1).double(), None,
+                                [True, True, True])
     with pytest.raises(RuntimeError, match="expected grad_output of size"):
         ops.layer_norm_backward(torch.randn(2, 3, 5), x, [4], torch.zeros(2, 3, 1), torch.ones(2, 3, 1), None,
                                 [True, True, True])
