@@ -1,13 +1,14 @@
 """Per-sample quantities from manual_ops' backward passes, with BackPACK's names: the gradient of every sample
-(:class:`BatchGrad`, ``p.grad_batch``) and its squared norm (:class:`BatchL2Grad`, ``p.batch_l2``).
+(:class:`BatchGrad`, ``p.grad_batch``), its squared norm (:class:`BatchL2Grad`, ``p.batch_l2``) and the sum of the
+squared per-sample gradients (:class:`SumGradSquared`, ``p.sum_grad_squared``).
 
-Inside ``with backprop(model, BatchGrad(), BatchL2Grad()):`` each converted Linear, Conv2d and eval-mode BatchNorm2d
+Inside ``with backprop(model, BatchGrad(), BatchL2Grad(), SumGradSquared()):`` each converted Linear, Conv2d and eval-mode BatchNorm2d
 keeps its input and, during ``loss.backward()``, its output gradient δ, and computes the per-sample gradients of its
 parameters from those two factors (derivation: docs/derivations.md, "Per-sample gradients"):
 
 - linear: ``grad_batch[n] = Σ_t δ[n, t]ᵀ x[n, t]`` (t over any middle dims) and ``Σ_t δ[n, t]`` for the bias;
   ``batch_l2[n] = ‖δ_n‖² ‖x_n‖²`` for a 2-D input (no per-sample gradient is made), the Gram form
-  ``⟨δ_n δ_nᵀ, x_n x_nᵀ⟩`` over t for a sequence;
+  ``⟨δ_n δ_nᵀ, x_n x_nᵀ⟩`` over t for a sequence; ``sum_grad_squared = (δ∘δ)ᵀ (x∘x)`` for a 2-D input (one GEMM);
 - conv2d: the per-sample weight gradients are one grouped conv2d backward (manual_ops' dW kernel) of the samples
   folded into the channels, groups × N (the vmap rule's fold); ``Σ_hw δ`` for the bias;
 - batch norm in eval mode: ``Σ_hw δ x̂`` and ``Σ_hw δ`` per sample, x̂ from the running statistics.
@@ -43,30 +44,50 @@ class BatchL2Grad:
     savefield = "batch_l2"
 
 
-def _linear_factors(x, delta):
-    """(x, δ) as (N, T, in) and (N, T, out), T the product of the middle dims (1 for a 2-D input)."""
-    return x.reshape(x.shape[0], -1, x.shape[-1]), delta.reshape(delta.shape[0], -1, delta.shape[-1])
+@dataclass(frozen=True)
+class SumGradSquared:
+    """The sum over the samples of each sample's gradient squared, elementwise: ``p.sum_grad_squared``, of
+    ``p``'s size."""
+
+    savefield = "sum_grad_squared"
 
 
-def _linear(module, x, delta, batch, l2):
-    x3, d3 = _linear_factors(x, delta)
-    g = torch.bmm(d3.transpose(1, 2), x3) if batch else None  # Σ_t δ_tᵀ x_t per sample
-    if not l2:
-        n2 = None
-    elif g is not None:
-        n2 = g.flatten(1).square().sum(1)
-    elif x3.shape[1] == 1:  # ‖δ xᵀ‖² = ‖δ‖² ‖x‖²: nothing materialised
-        n2 = d3.square().sum((1, 2)) * x3.square().sum((1, 2))
-    else:  # ‖Σ_t δ_tᵀ x_t‖² = Σ_{t,s} (δ_t·δ_s)(x_t·x_s), the Gram form over the T positions
-        n2 = (torch.bmm(d3, d3.transpose(1, 2)) * torch.bmm(x3, x3.transpose(1, 2))).sum((1, 2))
-    results = {"weight": (g, n2)}
+EXTENSIONS = (BatchGrad, BatchL2Grad, SumGradSquared)
+
+
+def _from_per_sample(g, wanted):
+    """The wanted fields of a parameter whose per-sample gradients ``g`` (N, ...) are materialised."""
+    out = {}
+    if "grad_batch" in wanted:
+        out["grad_batch"] = g
+    if "batch_l2" in wanted:
+        out["batch_l2"] = g.flatten(1).square().sum(1)
+    if "sum_grad_squared" in wanted:
+        out["sum_grad_squared"] = g.square().sum(0)
+    return out
+
+
+def _linear(module, x, delta, wanted):
+    # (x, δ) as (N, T, in) and (N, T, out), T the product of the middle dims (1 for a 2-D input)
+    x3 = x.reshape(x.shape[0], -1, x.shape[-1])
+    d3 = delta.reshape(delta.shape[0], -1, delta.shape[-1])
+    if "grad_batch" in wanted or (x3.shape[1] > 1 and "sum_grad_squared" in wanted):
+        weight = _from_per_sample(torch.bmm(d3.transpose(1, 2), x3), wanted)  # Σ_t δ_tᵀ x_t per sample
+    else:  # nothing materialised: one position gives ‖δ xᵀ‖² = ‖δ‖² ‖x‖² and Σ_n (δ_n xᵀ_n)² = (δ∘δ)ᵀ(x∘x)
+        weight = {}
+        if "batch_l2" in wanted:
+            weight["batch_l2"] = (d3.square().sum((1, 2)) * x3.square().sum((1, 2)) if x3.shape[1] == 1 else
+                                  # ‖Σ_t δ_tᵀ x_t‖² = Σ_{t,s} (δ_t·δ_s)(x_t·x_s): the Gram form over the positions
+                                  (torch.bmm(d3, d3.transpose(1, 2)) * torch.bmm(x3, x3.transpose(1, 2))).sum((1, 2)))
+        if "sum_grad_squared" in wanted:
+            weight["sum_grad_squared"] = d3[:, 0].square().t() @ x3[:, 0].square()
+    results = {"weight": weight}
     if module.bias is not None:
-        gb = d3.sum(1)
-        results["bias"] = (gb if batch else None, gb.square().sum(1) if l2 else None)
+        results["bias"] = _from_per_sample(d3.sum(1), wanted)
     return results
 
 
-def _conv2d(module, x, delta, batch, l2):
+def _conv2d(module, x, delta, wanted):
     if x.dim() == 3:
         x, delta = x.unsqueeze(0), delta.unsqueeze(0)
     N, (O, Cg, kh, kw) = x.shape[0], module.weight.shape
@@ -85,19 +106,18 @@ def _conv2d(module, x, delta, batch, l2):
     folded_w = module.weight.detach().expand(N, O, Cg, kh, kw).reshape(N * O, Cg, kh, kw)
     grad_w = _ops.conv2d_backward(folded_delta, folded_x, folded_w, list(module.stride), list(pads),
                                   list(module.dilation), N * module.groups, [False, True, False])[1]
-    results = {"weight": grad_w.reshape(N, O, Cg, kh, kw)}
+    results = {"weight": _from_per_sample(grad_w.reshape(N, O, Cg, kh, kw), wanted)}
     if module.bias is not None:
-        results["bias"] = delta.sum((2, 3))
-    return {name: (g if batch else None, g.flatten(1).square().sum(1) if l2 else None) for name, g in results.items()}
+        results["bias"] = _from_per_sample(delta.sum((2, 3)), wanted)
+    return results
 
 
-def _batch_norm_eval(module, x, delta, batch, l2):
+def _batch_norm_eval(module, x, delta, wanted):
     shape = (1, -1) + (1,) * (x.dim() - 2)
     xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
     dims = tuple(range(2, x.dim()))
     results = {"weight": (delta * xhat).sum(dims), "bias": delta.sum(dims)}
-    return {name: (g if batch else None, g.square().sum(1) if l2 else None) for name, g in results.items()
-            if getattr(module, name) is not None}
+    return {name: _from_per_sample(g, wanted) for name, g in results.items() if getattr(module, name) is not None}
 
 
 _RULES = {Linear: _linear, Conv2d: _conv2d}
@@ -121,35 +141,32 @@ def _rule(module):
 
 
 def _store(param, field, value):
-    if value is None:
-        return
     previous = getattr(param, field, None)
     setattr(param, field, value if previous is None else previous + value)  # a layer called twice: summed
 
 
 @contextlib.contextmanager
 def backprop(model, *extensions):
-    """Computes ``extensions`` (:class:`BatchGrad`, :class:`BatchL2Grad`) in every backward pass run inside the
-    block, for every parameter of ``model`` that requires grad, into ``p.grad_batch`` and ``p.batch_l2``.
+    """Computes ``extensions`` in every backward pass run inside the block, for every parameter of ``model`` that
+    requires grad, into ``p.grad_batch``, ``p.batch_l2`` and ``p.sum_grad_squared``.
 
     Args:
         model: a model converted by :func:`manual_ops.convert` (its parameterised layers are manual_ops' Linear,
             Conv2d and BatchNorm2d in eval mode; any other layer with parameters raises NotImplementedError).
-        extensions: instances of :class:`BatchGrad` and :class:`BatchL2Grad`.
+        extensions: instances of :class:`BatchGrad`, :class:`BatchL2Grad` and :class:`SumGradSquared`.
 
     The fields are reset on entry; each backward adds to them, as ``p.grad`` accumulates.
     """
-    kinds = {type(e) for e in extensions}
-    unknown = kinds - {BatchGrad, BatchL2Grad}
+    unknown = sorted({type(e).__name__ for e in extensions if not isinstance(e, EXTENSIONS)})
     if unknown:
-        raise NotImplementedError(f"manual_ops.extensions: {sorted(k.__name__ for k in unknown)} not implemented; "
-                                  "available: BatchGrad, BatchL2Grad")
-    batch, l2 = BatchGrad in kinds, BatchL2Grad in kinds
+        raise NotImplementedError(f"manual_ops.extensions: {unknown} not implemented; available: "
+                                  f"{', '.join(e.__name__ for e in EXTENSIONS)}")
+    wanted = {e.savefield for e in extensions}
     layers = [(m, _rule(m)) for m in model.modules()]
     layers = [(m, rule) for m, rule in layers if rule is not None]
     for m, _ in layers:
         for p in m.parameters(recurse=False):
-            for field in ("grad_batch", "batch_l2"):
+            for field in (e.savefield for e in EXTENSIONS):
                 if hasattr(p, field):
                     delattr(p, field)
 
@@ -159,14 +176,11 @@ def backprop(model, *extensions):
             return
 
         def on_grad(delta):
-            for name, (g, n2) in rule(module, x, delta.detach(), batch, l2).items():
+            for name, fields in rule(module, x, delta.detach(), wanted).items():
                 param = getattr(module, name)
-                if param is None or not param.requires_grad:
-                    continue
-                if batch:
-                    _store(param, "grad_batch", g)
-                if l2:
-                    _store(param, "batch_l2", n2)
+                if param is not None and param.requires_grad:
+                    for field, value in fields.items():
+                        _store(param, field, value)
 
         output.register_hook(on_grad)
 

@@ -49,28 +49,31 @@ def test_batch_grad_and_l2_equal_torch_func_per_sample_gradients(conv_kwargs, re
     x, y = torch.randn(6, 3, 9, 9, dtype=f64), torch.randint(0, 5, (6,))
     reference = _per_sample_reference(builtin, x, y, reduction)
     plain = torch.autograd.grad(F.cross_entropy(builtin(x), y, reduction=reduction), list(builtin.parameters()))
-    with ext.backprop(model, ext.BatchGrad(), ext.BatchL2Grad()):
+    with ext.backprop(model, ext.BatchGrad(), ext.BatchL2Grad(), ext.SumGradSquared()):
         manual_ops.functional.cross_entropy(model(x), y, reduction=reduction).backward()
     for (name, p), g in zip(model.named_parameters(), plain):
         torch.testing.assert_close(p.grad_batch, reference[name], rtol=1e-10, atol=1e-12, msg=name)
         torch.testing.assert_close(p.batch_l2, reference[name].flatten(1).square().sum(1), rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(p.sum_grad_squared, reference[name].square().sum(0), rtol=1e-10, atol=1e-14)
         torch.testing.assert_close(p.grad, g, rtol=1e-10, atol=1e-12)  # unchanged
         torch.testing.assert_close(p.grad_batch.sum(0), p.grad, rtol=1e-10, atol=1e-12)
 
 
 @pytest.mark.parametrize("sequence", [False, True])
-def test_linear_l2_without_per_sample_gradients(sequence):
-    """BatchL2Grad alone: ‖δ‖²‖x‖² for a 2-D input, the Gram form over the positions of a sequence; no grad_batch."""
+def test_linear_l2_and_sum_grad_squared_without_per_sample_gradients(sequence):
+    """BatchL2Grad and SumGradSquared without BatchGrad: ‖δ‖²‖x‖² and (δ∘δ)ᵀ(x∘x) for a 2-D input, the Gram form
+    (and the per-sample gradients) over the positions of a sequence; no grad_batch is left."""
     torch.manual_seed(0)
     layer = manual_ops.convert(nn.Linear(7, 4).to(f64))
     x = torch.randn(5, 3, 7, dtype=f64) if sequence else torch.randn(5, 7, dtype=f64)
-    with ext.backprop(layer, ext.BatchL2Grad()):
+    with ext.backprop(layer, ext.BatchL2Grad(), ext.SumGradSquared()):
         layer(x).pow(2).sum().backward()
     assert not hasattr(layer.weight, "grad_batch")
     params = {k: v.detach() for k, v in layer.named_parameters()}
     reference = vmap(grad(lambda p, xi: functional_call(layer, p, (xi,)).pow(2).sum()), in_dims=(None, 0))(params, x)
     for name, p in layer.named_parameters():
         torch.testing.assert_close(p.batch_l2, reference[name].flatten(1).square().sum(1), rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(p.sum_grad_squared, reference[name].square().sum(0), rtol=1e-10, atol=1e-12)
 
 
 def test_two_backwards_accumulate_and_a_new_block_resets():
