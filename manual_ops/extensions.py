@@ -2,8 +2,8 @@
 (:class:`BatchGrad`, ``p.grad_batch``), its squared norm (:class:`BatchL2Grad`, ``p.batch_l2``) and the sum of the
 squared per-sample gradients (:class:`SumGradSquared`, ``p.sum_grad_squared``).
 
-Inside ``with backprop(model, BatchGrad(), BatchL2Grad(), SumGradSquared()):`` each converted Linear, Conv2d and eval-mode BatchNorm2d
-keeps its input and, during ``loss.backward()``, its output gradient δ, and computes the per-sample gradients of its
+Inside ``with backprop(model, BatchGrad(), BatchL2Grad(), SumGradSquared()):`` each converted Linear, Conv2d,
+eval-mode BatchNorm2d, GroupNorm, LayerNorm and InstanceNorm keeps its input and, during ``loss.backward()``, its output gradient δ, and computes the per-sample gradients of its
 parameters from those two factors (derivation: docs/derivations.md, "Per-sample gradients"):
 
 - linear: ``grad_batch[n] = Σ_t δ[n, t]ᵀ x[n, t]`` (t over any middle dims) and ``Σ_t δ[n, t]`` for the bias;
@@ -11,12 +11,14 @@ parameters from those two factors (derivation: docs/derivations.md, "Per-sample 
   ``⟨δ_n δ_nᵀ, x_n x_nᵀ⟩`` over t for a sequence; ``sum_grad_squared = (δ∘δ)ᵀ (x∘x)`` for a 2-D input (one GEMM);
 - conv2d: the per-sample weight gradients are one grouped conv2d backward (manual_ops' dW kernel) of the samples
   folded into the channels, groups × N (the vmap rule's fold); ``Σ_hw δ`` for the bias;
-- batch norm in eval mode: ``Σ_hw δ x̂`` and ``Σ_hw δ`` per sample, x̂ from the running statistics.
+- batch norm in eval mode: ``Σ_hw δ x̂`` and ``Σ_hw δ`` per sample, x̂ from the running statistics;
+- group, layer and instance norm (each sample normalised by its own statistics, so no coupling between samples):
+  ``Σ δ x̂`` and ``Σ δ`` over each sample's positions, x̂ recomputed from the input.
 
 Scaling is BackPACK's: the per-sample gradients are those of the loss as reduced (a mean reduction divides each by
 N), so ``grad_batch`` sums to ``grad`` over the samples, and ``p.grad`` itself is unchanged. A layer the extensions
-do not cover (a train-mode batch norm, whose per-sample gradients couple through the batch statistics, and the
-other normalisations) raises NotImplementedError on entry rather than giving a wrong answer.
+do not cover (a train-mode batch norm, whose per-sample gradients couple through the batch statistics, or a clamped
+one) raises NotImplementedError on entry rather than giving a wrong answer.
 """
 import contextlib
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ import torch
 from .modules.batch_norm import BatchNorm2d
 from .modules.conv import Conv2d
 from .modules.linear import Linear
+from .modules.normalization import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
 
 _ops = torch.ops.manual_ops
 
@@ -120,7 +123,47 @@ def _batch_norm_eval(module, x, delta, wanted):
     return {name: _from_per_sample(g, wanted) for name, g in results.items() if getattr(module, name) is not None}
 
 
-_RULES = {Linear: _linear, Conv2d: _conv2d}
+def _normalised(x, dims, eps):
+    """x̂ = (x - mean) / sqrt(var + eps) over ``dims`` (the biased variance), as the forward computed it."""
+    var, mean = torch.var_mean(x, dims, correction=0, keepdim=True)
+    return (x - mean) * torch.rsqrt(var + eps)
+
+
+def _group_norm(module, x, delta, wanted):
+    # each (sample, group) is normalised by its own statistics: no coupling between samples
+    xhat = _normalised(x.reshape(x.shape[0], module.num_groups, -1), 2, module.eps).reshape(x.shape)
+    dims = tuple(range(2, x.dim()))
+    return {"weight": _from_per_sample((delta * xhat).sum(dims), wanted),
+            "bias": _from_per_sample(delta.sum(dims), wanted)} if module.affine else {}
+
+
+def _layer_norm(module, x, delta, wanted):
+    norm_dims = tuple(range(x.dim() - len(module.normalized_shape), x.dim()))
+    xhat = _normalised(x, norm_dims, module.eps)
+    middle = tuple(range(1, x.dim() - len(module.normalized_shape)))  # the positions of one sample
+    results = {}
+    if module.weight is not None:
+        results["weight"] = _from_per_sample((delta * xhat).sum(middle) if middle else delta * xhat, wanted)
+    if module.bias is not None:
+        results["bias"] = _from_per_sample(delta.sum(middle) if middle else delta, wanted)
+    return results
+
+
+def _instance_norm(module, x, delta, wanted):
+    if not module.affine:
+        return {}
+    dims = tuple(range(2, x.dim()))
+    if module.training or not module.track_running_stats:  # each (sample, channel) by its own statistics
+        xhat = _normalised(x, dims, module.eps)
+    else:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        xhat = (x - module.running_mean.view(shape)) * torch.rsqrt(module.running_var.view(shape) + module.eps)
+    return {"weight": _from_per_sample((delta * xhat).sum(dims), wanted),
+            "bias": _from_per_sample(delta.sum(dims), wanted)}
+
+
+_RULES = {Linear: _linear, Conv2d: _conv2d, GroupNorm: _group_norm, LayerNorm: _layer_norm,
+          InstanceNorm1d: _instance_norm, InstanceNorm2d: _instance_norm, InstanceNorm3d: _instance_norm}
 
 
 def _rule(module):
@@ -136,7 +179,8 @@ def _rule(module):
     if any(p.requires_grad for p in module.parameters(recurse=False)):
         raise NotImplementedError(
             f"manual_ops.extensions: no per-sample rule for {type(module).__name__} (the extensions cover "
-            "manual_ops.nn.Linear, Conv2d and eval-mode BatchNorm2d: convert the model with manual_ops.convert)")
+            "manual_ops.nn.Linear, Conv2d, eval-mode BatchNorm2d, GroupNorm, LayerNorm and InstanceNorm1d/2d/3d: "
+            "convert the model with manual_ops.convert)")
     return None
 
 
@@ -152,7 +196,8 @@ def backprop(model, *extensions):
 
     Args:
         model: a model converted by :func:`manual_ops.convert` (its parameterised layers are manual_ops' Linear,
-            Conv2d and BatchNorm2d in eval mode; any other layer with parameters raises NotImplementedError).
+            Conv2d, BatchNorm2d in eval mode, GroupNorm, LayerNorm or InstanceNorm; any other layer with parameters
+            raises NotImplementedError).
         extensions: instances of :class:`BatchGrad`, :class:`BatchL2Grad` and :class:`SumGradSquared`.
 
     The fields are reset on entry; each backward adds to them, as ``p.grad`` accumulates.

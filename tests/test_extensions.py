@@ -94,11 +94,45 @@ def test_uncovered_layers_raise_before_anything_runs():
     with pytest.raises(NotImplementedError, match="BatchNorm2d in training mode"):
         with ext.backprop(model, ext.BatchGrad()):
             pass
-    with pytest.raises(NotImplementedError, match="no per-sample rule for GroupNorm"):
-        with ext.backprop(manual_ops.convert(nn.Sequential(nn.GroupNorm(2, 4))), ext.BatchGrad()):
+    with pytest.raises(NotImplementedError, match="no per-sample rule for ClampedBatchNorm2d"):
+        with ext.backprop(manual_ops.convert(nn.Sequential(nn.BatchNorm2d(4)), clamped_beta=1.0).eval(),
+                          ext.BatchGrad()):
             pass
     with pytest.raises(NotImplementedError, match="DiagGGNExact"):
         class DiagGGNExact:
             pass
         with ext.backprop(model.eval(), DiagGGNExact()):
             pass
+
+
+def _norm_net(kind):
+    torch.manual_seed(0)
+    norms = {"group": nn.GroupNorm(4, 8), "instance": nn.InstanceNorm2d(8, affine=True),
+             "instance-running": nn.InstanceNorm2d(8, affine=True, track_running_stats=True)}
+    if kind == "layer":  # a transformer-like block: LayerNorm over tokens of a sequence, then a linear head
+        return nn.Sequential(nn.Linear(6, 8), nn.LayerNorm(8), nn.GELU(), nn.Flatten(), nn.Linear(5 * 8, 5)).to(f64)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), norms[kind], nn.ReLU(), nn.AdaptiveAvgPool2d(1),
+                          nn.Flatten(), nn.Linear(8, 5)).to(f64)
+    with torch.no_grad():
+        for p in model[1].parameters():
+            p.normal_()
+        if kind == "instance-running":  # eval mode, the running statistics in use
+            model[1].running_mean.normal_(), model[1].running_var.uniform_(0.5, 2.0)
+    return model.eval() if kind == "instance-running" else model.train()
+
+
+@pytest.mark.parametrize("kind", ["group", "layer", "instance", "instance-running"])
+def test_group_layer_and_instance_norm_per_sample_gradients(kind):
+    """The normalisations that use each sample's own statistics (or the running ones): per-sample gradients with
+    them in training mode, as Opacus's GroupNorm models train."""
+    builtin = _norm_net(kind)
+    model = manual_ops.convert(copy.deepcopy(builtin))
+    x = torch.randn(6, 5, 6, dtype=f64) if kind == "layer" else torch.randn(6, 3, 7, 7, dtype=f64)
+    y = torch.randint(0, 5, (6,))
+    reference = _per_sample_reference(builtin, x, y, "mean")
+    with ext.backprop(model, ext.BatchGrad(), ext.BatchL2Grad(), ext.SumGradSquared()):
+        manual_ops.functional.cross_entropy(model(x), y).backward()
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(p.grad_batch, reference[name], rtol=1e-10, atol=1e-12, msg=name)
+        torch.testing.assert_close(p.batch_l2, reference[name].flatten(1).square().sum(1), rtol=1e-10, atol=1e-14)
+        torch.testing.assert_close(p.sum_grad_squared, reference[name].square().sum(0), rtol=1e-10, atol=1e-14)
