@@ -321,3 +321,20 @@ def test_convert_takes_torchvisions_layer_norm2d_and_revert_gives_it_back():
     reverted = manual_ops.revert(converted)
     assert type(reverted[1]) is tv_cls
     reverted.load_state_dict(state, strict=True)
+
+
+def test_a_vit_encoder_block_leaves_only_the_attention_builtin():
+    """A ViT-B-style pre-norm encoder block (torch's TransformerEncoderLayer, GELU, dropout) after a patch-embedding
+    conv, converted and run inside enable(): every backward node but the attention's is ours. What is left is
+    F.multi_head_attention_forward's body, which torch hands to a function mode as one call (so its linears are not
+    routed either): its in/out projections (addmm, mm), the two batched products and the softmax."""
+    from collections import Counter
+    torch.manual_seed(0)
+    embed = manual_ops.convert(nn.Sequential(nn.Conv2d(3, 64, 4, stride=4), nn.Flatten(2)))
+    block = manual_ops.convert(nn.TransformerEncoderLayer(64, 4, 128, dropout=0.1, activation="gelu",
+                                                          batch_first=True, norm_first=True))
+    assert {type(m) for m in block.modules()} >= {mnn.LayerNorm, mnn.Linear, mnn.Dropout}
+    with manual_ops.enable():
+        out = block(embed(torch.randn(2, 3, 16, 16)).transpose(1, 2))
+    assert manual_ops.builtin_backward_nodes(out) == Counter(
+        {"BmmBackward0": 2, "SafeSoftmaxBackward0": 1, "AddmmBackward0": 1, "MmBackward0": 1})
