@@ -5,6 +5,10 @@ from torch._functorch import utils as _functorch_utils
 from torch.autograd import forward_ad as _forward_ad
 
 
+# The dtypes our kernels take: csrc/common.h's four (is_kernel_dtype).
+KERNEL_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})
+
+
 def is_channels_last(t: torch.Tensor) -> bool:
     """Mirrors ``is_channels_last`` in csrc/common.h, which picks the layout of outputs: torch's
     ``suggest_memory_format`` rule, which reads the strides (a size-1 dimension's too)."""

@@ -29,6 +29,7 @@ from .modules.batch_norm import BatchNorm2d
 from .modules.conv import Conv2d
 from .modules.linear import Linear
 from .modules.normalization import GroupNorm, InstanceNorm1d, InstanceNorm2d, InstanceNorm3d, LayerNorm
+from .ops.conv2d import _padding
 
 _ops = torch.ops.manual_ops
 
@@ -94,12 +95,7 @@ def _conv2d(module, x, delta, wanted):
     if x.dim() == 3:
         x, delta = x.unsqueeze(0), delta.unsqueeze(0)
     N, (O, Cg, kh, kw) = x.shape[0], module.weight.shape
-    padding = module.padding
-    if isinstance(padding, str):  # 'valid' / 'same': the pads the module's conv used, from torch's rule
-        total = [d * (k - 1) for d, k in zip(module.dilation, (kh, kw))] if padding == "same" else [0, 0]
-        pads = (total[0] // 2, total[1] // 2, total[0] - total[0] // 2, total[1] - total[1] // 2)
-    else:
-        pads = (padding[0], padding[1], padding[0], padding[1])
+    pads = _padding(module.padding, module.weight, module.stride, module.dilation)  # the module's conv's own
     if module.padding_mode != "zeros":
         x = torch.nn.functional.pad(x, module._reversed_padding_repeated_twice, mode=module.padding_mode)
         pads = (0, 0, 0, 0)

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from . import functional as mF
+from ._utils import KERNEL_DTYPES as _DTYPES
 from .modules import _swap
 from .ops.batch_norm import _param_dtype
 
-_DTYPES = frozenset({torch.float32, torch.float64, torch.bfloat16, torch.float16})  # csrc/common.h's four
 _INDEX_DTYPES = frozenset({torch.int64, torch.uint8})  # cross_entropy's class-index targets
 _PLAIN_TYPES = frozenset({torch.Tensor, torch.nn.Parameter})  # not subclasses with a __torch_function__ of their own
 
@@ -64,28 +64,25 @@ def _linear(input, weight, bias=None) -> bool:
         (bias is None or bias.shape == weight.shape[:1])
 
 
-def _batch_norm(input, running_mean, running_var, weight=None, bias=None, *args, **kwargs) -> bool:
-    params = (running_mean, running_var, weight, bias)
-    if not (_takes(input, *params) and input.dim() >= 2):
-        return False
-    dtype = _param_dtype(input, *params)  # torch's mixed-dtype rule, which ours follows
-    return all(p is None or p.dtype == dtype for p in params)
-
-
-def _group_norm(input, num_groups, weight=None, bias=None, *args, **kwargs) -> bool:
-    params = (weight, bias)
-    if not (_takes(input, *params) and input.dim() >= 2):
-        return False
-    dtype = _param_dtype(input, *params)
-    return all(p is None or p.dtype == dtype for p in params)
-
-
-def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, **kwargs) -> bool:
-    params = (weight, bias)
+def _normalisation(input, *params) -> bool:
+    """:func:`_takes` for a normalisation's input and per-channel tensors, which follow torch's mixed-dtype rule
+    (all of the input's dtype, or float32 for a bfloat16/float16 input), as ours do."""
     if not _takes(input, *params):
         return False
     dtype = _param_dtype(input, *params)
     return all(p is None or p.dtype == dtype for p in params)
+
+
+def _batch_norm(input, running_mean, running_var, weight=None, bias=None, *args, **kwargs) -> bool:
+    return input.dim() >= 2 and _normalisation(input, running_mean, running_var, weight, bias)
+
+
+def _group_norm(input, num_groups, weight=None, bias=None, *args, **kwargs) -> bool:
+    return input.dim() >= 2 and _normalisation(input, weight, bias)
+
+
+def _layer_norm(input, normalized_shape, weight=None, bias=None, *args, **kwargs) -> bool:
+    return _normalisation(input, weight, bias)
 
 
 def _instance_norm(input, running_mean=None, running_var=None, weight=None, bias=None, *args, **kwargs) -> bool:

@@ -18,8 +18,9 @@ def output_meta(outputs):
 
 def zeros_for_missing(tangents, meta):
     """``tangents`` with a zero tensor for each None whose output (``meta``, from :func:`output_meta`) is a
-    tensor. A ``jvp`` must give those: torch 2.13 fails an internal assert ("Expected both tensor and its
-    forward grad to be floating point") when a custom Function's jvp returns None for one of its outputs
-    while another output's tangent is defined, in forward-over-reverse."""
+    tensor. The ``jvp`` of every backward Function with several outputs (conv2d's, linear's, the norms',
+    cross_entropy's) returns through this: torch 2.13 fails an internal assert ("Expected both tensor and its
+    forward grad to be floating point") when a custom Function's jvp returns None for one of its outputs while
+    another output's tangent is defined, in forward-over-reverse."""
     return tuple(torch.zeros(m[0], dtype=m[1], device=m[2]) if t is None and m is not None else t
                  for t, m in zip(tangents, meta))

@@ -3,6 +3,7 @@ import torch
 
 from .._utils import applier, memory_format_of, pair, register_autograd
 from ._bilinear import bilinear_backward_tangent, bilinear_double_backward, bilinear_sum
+from ._tangents import output_meta, zeros_for_missing
 from ._vmap import fold, out_dims_of, unfold
 
 _ops = torch.ops.manual_ops
@@ -112,6 +113,7 @@ class Conv2dBackward(torch.autograd.Function):
         ctx.save_for_forward(grad_output, input, weight)
         ctx.conv_args = (stride, padding, dilation, groups)
         ctx.output_mask = output_mask
+        ctx.output_meta = output_meta(output)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -128,8 +130,10 @@ class Conv2dBackward(torch.autograd.Function):
     def jvp(ctx, d_grad_output, d_input, d_weight, *_):
         grad_output, input, weight = ctx.saved_tensors
         args = ctx.conv_args
-        return bilinear_backward_tangent(lambda gy, x, w, mask: Conv2dBackward.apply(gy, x, w, *args, mask),
-                                         ctx.output_mask, grad_output, input, weight, d_grad_output, d_input, d_weight)
+        tangents = bilinear_backward_tangent(lambda gy, x, w, mask: Conv2dBackward.apply(gy, x, w, *args, mask),
+                                             ctx.output_mask, grad_output, input, weight, d_grad_output, d_input,
+                                             d_weight)
+        return zeros_for_missing(tangents, ctx.output_meta)
 
     @staticmethod
     def vmap(info, in_dims, grad_output, input, weight, stride, padding, dilation, groups, output_mask):

@@ -8,7 +8,7 @@ gradient, grad_b = the sum of grad_y. Derivation: docs/derivations.md, "conv_tra
 """
 import torch
 
-from .._utils import _autocast_cast, applier, memory_format_of, pair
+from .._utils import KERNEL_DTYPES, _autocast_cast, applier, memory_format_of, pair
 from ._bilinear import bilinear_sum
 from ._vmap import fold, unfold
 from .conv2d import Conv2dBackward, Conv2dFunction
@@ -102,18 +102,15 @@ class ConvTranspose2dFunction(torch.autograd.Function):
 _conv_transpose2d_apply = applier(ConvTranspose2dFunction)
 
 
-_KERNEL_DTYPES = {torch.float32: "Float", torch.float64: "Double", torch.bfloat16: "BFloat16", torch.float16: "Half"}
-
-
 def _check(input, weight, bias, stride, output_padding, dilation, groups):
     for name, t in (("input", input), ("weight", weight), ("bias", bias)):
-        if t is not None and t.dtype not in _KERNEL_DTYPES:
+        if t is not None and t.dtype not in KERNEL_DTYPES:
             raise RuntimeError(f"conv_transpose2d: expected {name} to be float32, float64, bfloat16 or float16, but "
                                f"got {t.dtype}")
     for name, t in (("weight", weight), ("bias", bias)):
         if t is not None and t.dtype != input.dtype:
             raise RuntimeError(f"conv_transpose2d: expected input and {name} to have the same dtype, but got input of "
-                               f"dtype {_KERNEL_DTYPES[input.dtype]} and {name} of dtype {_KERNEL_DTYPES[t.dtype]}")
+                               f"dtype {input.dtype} and {name} of dtype {t.dtype}")
     if input.dim() not in (3, 4):
         raise RuntimeError("Expected 3D (unbatched) or 4D (batched) input to conv_transpose2d, but got input of size: "
                            f"{list(input.shape)}")

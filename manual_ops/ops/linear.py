@@ -3,6 +3,7 @@ import torch
 
 from .._utils import applier, below_autograd, fast_apply, register_autograd
 from ._bilinear import bilinear_backward_tangent, bilinear_double_backward, bilinear_sum
+from ._tangents import output_meta, zeros_for_missing
 from ._vmap import fold, loop, out_dims_of, unfold, with_batch
 
 _ops = torch.ops.manual_ops
@@ -87,6 +88,7 @@ class LinearBackward(torch.autograd.Function):
         ctx.save_for_backward(*inputs[:3])
         ctx.save_for_forward(*inputs[:3])
         ctx.output_mask = inputs[3]
+        ctx.output_meta = output_meta(output)
         ctx.set_materialize_grads(False)
 
     @staticmethod
@@ -98,8 +100,9 @@ class LinearBackward(torch.autograd.Function):
 
     @staticmethod
     def jvp(ctx, d_grad_output, d_input, d_weight, _):
-        return bilinear_backward_tangent(_backward_apply, ctx.output_mask, *ctx.saved_tensors, d_grad_output,
-                                         d_input, d_weight)
+        tangents = bilinear_backward_tangent(_backward_apply, ctx.output_mask, *ctx.saved_tensors, d_grad_output,
+                                             d_input, d_weight)
+        return zeros_for_missing(tangents, ctx.output_meta)
 
     @staticmethod
     def vmap(info, in_dims, grad_output, input, weight, output_mask):
